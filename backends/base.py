@@ -1,0 +1,155 @@
+"""The Backend contract: where a session's agent runs, and what the daemon may ask of it.
+
+A backend owns processes, never the store or sockets (DESIGN.md, "The house"). Its
+semantics, which every implementation keeps:
+
+* ``create`` makes the container (or process handle) from a :class:`ContainerSpec` and does
+  not start it; ``start`` starts it. Both raise :class:`ImageNotFound` when the image is
+  missing and :class:`BackendError` for anything else the engine refuses.
+* ``stop`` and ``remove`` are idempotent: a container that is already stopped, already
+  being removed, or gone is success (DockerSpawner's 404/409 rule).
+* ``inspect`` returns ``None`` for a container that does not exist; it never raises for that.
+* ``list_managed`` finds corral's containers by label, in one engine call.
+* Every method raises :class:`BackendUnavailable` when the engine does not answer, so the
+  REST layer can answer 503 while the store keeps serving reads.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+LABEL_MANAGED = "corral.managed"
+LABEL_SESSION_ID = "corral.session_id"
+LABEL_DAEMON_INSTANCE = "corral.daemon_instance"
+
+
+class BackendError(Exception):
+    """The engine refused or failed an operation; ``details`` carries its own words."""
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BackendUnavailable(BackendError):
+    """The engine does not answer (socket missing, connection refused, timed out)."""
+
+
+class ImageNotFound(BackendError):
+    """The requested image is not present and could not be pulled."""
+
+
+class ContainerState(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    PAUSED = "paused"
+    EXITED = "exited"
+    DEAD = "dead"
+    REMOVING = "removing"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything a backend needs to make one session's container."""
+
+    session_id: str
+    session_name: str
+    image: str
+    working_dir: str
+    mounts: tuple[Mount, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None  # "uid:gid"; None runs as the image's user
+    command: tuple[str, ...] | None = None  # None runs the image's own command
+    cpu_limit: float | None = None  # cores
+    memory_limit: int | None = None  # bytes
+    network_mode: str = "bridge"
+    daemon_instance: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What the engine says about one container at one moment."""
+
+    id: str
+    name: str
+    state: ContainerState
+    session_id: str | None = None
+    image: str = ""
+    exit_code: int | None = None
+    error: str | None = None
+    restart_count: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+    oom_killed: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.state in (ContainerState.RUNNING, ContainerState.RESTARTING)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    available: bool
+    version: str | None
+
+
+class Backend(abc.ABC):
+    """One place sessions can run. Implementations: ``docker``, later ``local``."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def info(self) -> BackendInfo:
+        """Whether the engine answers, and its version; never raises."""
+
+    @abc.abstractmethod
+    async def create(self, spec: ContainerSpec) -> ContainerInfo:
+        """Create (not start) the session's container; returns its inspection."""
+
+    @abc.abstractmethod
+    async def start(self, container_id: str) -> None:
+        """Start a created or stopped container; a running one is success."""
+
+    @abc.abstractmethod
+    async def stop(self, container_id: str, timeout: float = 10) -> None:
+        """Stop the container; stopped or missing is success."""
+
+    @abc.abstractmethod
+    async def remove(self, container_id: str) -> None:
+        """Remove the container by force; missing or already being removed is success."""
+
+    @abc.abstractmethod
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        """The container's state, or None when it does not exist."""
+
+    @abc.abstractmethod
+    async def list_managed(self) -> list[ContainerInfo]:
+        """Every container labelled ``corral.managed=true``, in one engine call."""
+
+    @abc.abstractmethod
+    async def image_exists(self, image: str) -> bool:
+        """Whether the image is present locally."""
+
+    @abc.abstractmethod
+    async def refresh_image(self, image: str) -> None:
+        """Pull the image if a registry answers; keep the local one otherwise.
+
+        Raises :class:`ImageNotFound` only when the pull fails and no local copy exists.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the engine client."""

@@ -1,0 +1,1 @@
+"""WebSocket transport: per-connection writer tasks, /ws/events and /ws/console."""

@@ -1,0 +1,79 @@
+"""The application factory: settings in, a ready aiohttp app out.
+
+Everything with a lifetime is a ``cleanup_ctx`` generator, set up in the order written
+here and torn down in reverse: the store, the backends, the event hub and the session
+manager. Shutdown never stops a session's container; agents keep running without us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from backends.base import Backend
+from backends.docker import DockerBackend
+from daemon.handlers import files, sessions, system  # noqa: F401 - they register routes
+from daemon.hub import EventHub
+from daemon.keys import BACKENDS, HUB, LIST_CACHE, MANAGER, SETTINGS, STORE, TASKS
+from daemon.manager import SessionManager
+from daemon.middlewares import setup_middlewares
+from daemon.routes import ROUTES
+from daemon.settings import Settings
+from daemon.store import Store
+from daemon.tasks import TaskSupervisor
+
+log = structlog.get_logger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = Store(app[SETTINGS].db_path)
+    await store.open()
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _backends_ctx(app: web.Application) -> AsyncIterator[None]:
+    if BACKENDS not in app:
+        docker = app[SETTINGS].docker
+        app[BACKENDS] = {"docker": DockerBackend(docker.url or None, api_timeout=docker.api_timeout)}
+    yield
+    for backend in app[BACKENDS].values():
+        await backend.close()
+
+
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = EventHub(app[STORE])
+    await hub.start()
+    app[HUB] = hub
+    tasks = TaskSupervisor()
+    app[TASKS] = tasks
+    manager = SessionManager(app[SETTINGS], app[STORE], hub, app[BACKENDS], tasks)
+    await manager.load()
+    app[MANAGER] = manager
+    log.info("sessions_loaded", count=len(manager.records))
+    yield
+    await tasks.close(timeout=app[SETTINGS].server.shutdown_timeout)
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -> web.Application:
+    """Build the app; ``backends`` replaces the configured ones (tests pass their own)."""
+    app = web.Application(client_max_size=settings.server.max_json_bytes)
+    app[SETTINGS] = settings
+    app[LIST_CACHE] = {}
+    if backends is not None:
+        app[BACKENDS] = backends
+    setup_middlewares(app)
+    ROUTES.install(app)
+    app.router.add_get("/", _index)
+    app.cleanup_ctx.extend([_store_ctx, _backends_ctx, _sessions_ctx])
+    return app

@@ -1,0 +1,126 @@
+"""The ``corral`` command: ``corral serve`` starts the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from daemon import __version__
+from daemon.log import configure_logging
+from daemon.settings import Settings, SettingsError, load_settings
+
+log = structlog.get_logger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"corral {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 3030)")
+    serve.add_argument("--config", type=Path, help="config.toml (default ~/.config/corral/)")
+    serve.add_argument("--data-dir", type=Path, help="data folder (default ~/.local/share/corral)")
+    serve.add_argument(
+        "--allow-remote-without-auth",
+        action="store_true",
+        default=None,
+        help="DANGEROUS: allow a non-loopback bind with authentication off",
+    )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    server: dict[str, Any] = {}
+    if args.host is not None:
+        server["host"] = args.host
+    if args.port is not None:
+        server["port"] = args.port
+    if args.allow_remote_without_auth:
+        server["allow_remote_without_auth"] = True
+    out: dict[str, Any] = {"server": server} if server else {}
+    if args.data_dir is not None:
+        out["data_dir"] = str(args.data_dir)
+    return out
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse a non-loopback bind unless the operator overrides it, loudly."""
+    if is_loopback_host(settings.server.host):
+        return
+    if not settings.server.allow_remote_without_auth:
+        raise SettingsError(
+            f"refusing to bind {settings.server.host}: corral would be open to other hosts "
+            "without authentication; bind 127.0.0.1 or pass --allow-remote-without-auth"
+        )
+    log.warning(
+        "remote_bind_without_auth",
+        host=settings.server.host,
+        warning="ANYONE WHO CAN REACH THIS ADDRESS CAN RUN CODE AS YOU",
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, overrides=_overrides(args))
+    except SettingsError as exc:
+        configure_logging()
+        log.error("bad_configuration", error=str(exc))
+        return 2
+    secrets = [
+        getattr(getattr(settings, section), name).get_secret_value()
+        for section, names in Settings.secret_fields().items()
+        for name in names
+    ]
+    configure_logging(settings.logging.level, settings.logging.format, secrets)
+    try:
+        check_bind(settings)
+    except SettingsError as exc:
+        log.error("refusing_to_start", error=str(exc))
+        return 2
+    from daemon.app import create_app  # imported late: argument errors stay fast
+
+    app = create_app(settings)
+    log.info(
+        "listening",
+        url=f"http://{settings.server.host}:{settings.server.port}",
+        data_dir=str(settings.data_dir),
+        version=__version__,
+    )
+    web.run_app(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        shutdown_timeout=settings.server.shutdown_timeout,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+    )
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2  # unreachable: argparse requires a command
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The in-process event hub: per-session sequence numbers, stored before delivery.
+
+Producers call :meth:`EventHub.publish`; it never waits on a consumer. Each subscriber has
+its own bounded queue; one that overflows is marked and dropped, and resumes from the
+store with ``since_seq`` (the events issue builds the socket side on this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from daemon.store import Store, _ts, utcnow
+
+log = structlog.get_logger(__name__)
+
+Event = dict[str, Any]
+
+
+@dataclass(eq=False)
+class Subscription:
+    queue: asyncio.Queue[Event]
+    sessions: set[str] = field(default_factory=set)  # "*" means every session's lifecycle
+    overflowed: bool = False
+
+    def wants(self, event: Event) -> bool:
+        return "*" in self.sessions or event.get("session_id") in self.sessions
+
+
+class EventHub:
+    def __init__(self, store: Store, queue_size: int = 1000) -> None:
+        self.store = store
+        self.queue_size = queue_size
+        self._seq: dict[str, int] = {}
+        self._subscribers: set[Subscription] = set()
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._seq = await self.store.max_seqs()
+
+    def subscribe(self, sessions: set[str] | None = None) -> Subscription:
+        sub = Subscription(asyncio.Queue(self.queue_size), set(sessions or {"*"}))
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+
+    def last_seq(self, session_id: str) -> int:
+        return self._seq.get(session_id, 0)
+
+    async def publish(self, event_type: str, session_id: str, **payload: Any) -> Event:
+        """Store the event under the session's next seq, then hand it to every subscriber."""
+        async with self._lock:  # seq order and store order must agree
+            seq = self._seq.get(session_id, 0) + 1
+            timestamp = _ts(utcnow())
+            assert timestamp is not None
+            await self.store.insert_events(
+                [(session_id, seq, event_type, json.dumps(payload, default=str), timestamp)]
+            )
+            self._seq[session_id] = seq
+        event: Event = {
+            "type": event_type,
+            "session_id": session_id,
+            "seq": seq,
+            "timestamp": timestamp,
+            **payload,
+        }
+        for sub in list(self._subscribers):
+            if sub.overflowed or not sub.wants(event):
+                continue
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.overflowed = True
+                log.warning("subscriber_overflowed", session_id=session_id)
+        return event
+
+    def forget(self, session_id: str) -> None:
+        self._seq.pop(session_id, None)

@@ -1,0 +1,20 @@
+"""Typed application keys: everything the app holds, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from backends.base import Backend
+from daemon.hub import EventHub
+from daemon.manager import SessionManager
+from daemon.settings import Settings
+from daemon.store import Store
+from daemon.tasks import TaskSupervisor
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+HUB = web.AppKey("hub", EventHub)
+BACKENDS = web.AppKey("backends", dict[str, Backend])
+MANAGER = web.AppKey("manager", SessionManager)
+TASKS = web.AppKey("tasks", TaskSupervisor)
+LIST_CACHE = web.AppKey("list_cache", dict[tuple[object, ...], bytes])

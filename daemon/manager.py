@@ -1,0 +1,814 @@
+"""The SessionManager: every lifecycle operation, journaled before its side effects.
+
+Handlers and sockets call this; it changes the store, drives a Backend and publishes to the
+EventHub (DESIGN.md, "The house"). Each operation records its intent (status, progress
+step, journal row) before it acts and its result after, so a daemon killed at any point
+leaves a journal that says what was under way. One operation runs per session at a time;
+a second one is refused with 409 rather than queued behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ContainerSpec,
+    ImageNotFound,
+    Mount,
+)
+from daemon import worktrees
+from daemon.errors import (
+    ApiError,
+    BackendFailed,
+    BackendUnavailableError,
+    Conflict,
+    InvalidRequest,
+    SessionNotFound,
+)
+from daemon.health import Observation, report, stored_health
+from daemon.hub import EventHub
+from daemon.models import (
+    Action,
+    CreateSessionRequest,
+    HealthReport,
+    MetadataUpdate,
+    Progress,
+    Repository,
+    RepositoryRequest,
+    Session,
+    SessionStatus,
+    slug,
+)
+from daemon.names import generate_name
+from daemon.settings import Settings
+from daemon.store import SessionRecord, Store, utcnow
+from daemon.tasks import TaskSupervisor
+
+log = structlog.get_logger(__name__)
+
+CONTAINER_HOME = "/home/agent"
+CONTAINER_WORKSPACE = "/workspace"
+BRANCH_PREFIX = "corral/"
+
+_Body = Callable[["SessionRecord", "_Operation"], Awaitable[None]]
+
+
+def api_error(exc: BaseException) -> ApiError:
+    """The PROTOCOL error for a failure below the manager (engine, git, anything else)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, BackendUnavailable):
+        return BackendUnavailableError(f"The container engine does not answer: {exc.message}")
+    if isinstance(exc, ImageNotFound):
+        return BackendFailed(exc.message, exc.details)
+    if isinstance(exc, BackendError):
+        return BackendFailed(exc.message, exc.details)
+    if isinstance(exc, worktrees.GitError):
+        return BackendFailed(f"git failed: {exc.message}", exc.details)
+    return BackendFailed(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class _Operation:
+    """A journaled operation with progress; one per session at a time."""
+
+    manager: SessionManager
+    record: SessionRecord
+    op_id: int
+    total: int
+    step_no: int = 0
+
+    async def step(self, journal_step: str, message: str) -> None:
+        """Journal the step, then show it as progress: always before its side effects."""
+        self.step_no += 1
+        await self.manager.store.operation_step(self.op_id, journal_step)
+        self.record.progress = Progress(step=self.step_no, total=self.total, message=message)
+        await self.manager.save(self.record, "progress")
+        await self.manager.hub.publish(
+            "session_progress",
+            self.record.id,
+            progress=self.record.progress.model_dump(),
+        )
+
+
+class SessionManager:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        hub: EventHub,
+        backends: dict[str, Backend],
+        tasks: TaskSupervisor,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.backends = backends
+        self.tasks = tasks
+        self.records: dict[str, SessionRecord] = {}
+        self.version = 0  # bumped on every change; caches key on it
+        self._busy: set[str] = set()
+        self._reserved_names: set[str] = set()
+
+    # paths
+
+    @property
+    def worktrees_dir(self) -> Path:
+        return self.settings.data_dir / "worktrees"
+
+    def session_dir(self, session_id: str) -> Path:
+        return self.settings.data_dir / "sessions" / session_id
+
+    def agent_home(self, session_id: str) -> Path:
+        return self.session_dir(session_id) / "home"
+
+    # reading
+
+    def get(self, session_id: str) -> SessionRecord:
+        record = self.records.get(session_id)
+        if record is None:
+            raise SessionNotFound(session_id)
+        return record
+
+    def to_api(self, record: SessionRecord) -> Session:
+        primary = record.primary
+        data = record.model_dump(exclude={"repositories", "image_paths"})
+        return Session(
+            **data,
+            repositories=record.repositories,
+            repo_path=primary.path,
+            worktree_path=primary.worktree_path,
+            branch_name=primary.branch_name,
+            base_branch=primary.base_branch,
+            health=stored_health(record),
+        )
+
+    def query(
+        self, *, include_archived: bool, status: SessionStatus | None
+    ) -> list[SessionRecord]:
+        """Matching sessions, newest first."""
+        found = [
+            r
+            for r in self.records.values()
+            if (include_archived or not r.archived) and (status is None or r.status is status)
+        ]
+        found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return found
+
+    async def save(self, record: SessionRecord, *fields: str) -> None:
+        record.updated_at = utcnow()
+        await self.store.update_session(record, (*fields, "updated_at"))
+        self.version += 1
+
+    async def publish_status(self, record: SessionRecord) -> None:
+        await self.hub.publish(
+            "session_status",
+            record.id,
+            status=record.status.value,
+            health=stored_health(record).value,
+            agent_state=record.agent_state.value,
+            archived=record.archived,
+        )
+
+    def backend_for(self, record: SessionRecord) -> Backend:
+        return self._backend(record.backend)
+
+    def _backend(self, name: str) -> Backend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise InvalidRequest(
+                f"backend '{name}' is not available in this daemon",
+                [{"field": "backend", "message": f"available: {sorted(self.backends)}"}],
+            )
+        return backend
+
+    # start-up
+
+    async def load(self) -> None:
+        """Load every session, and settle what a killed daemon left half done."""
+        for record in await self.store.load_sessions():
+            self.records[record.id] = record
+        interrupted: dict[str, dict[str, Any]] = {}
+        for op in await self.store.open_operations():
+            await self.store.end_operation(op["id"], "interrupted", "the daemon stopped")
+            interrupted[op["session_id"]] = op
+        for session_id, op in interrupted.items():
+            record = self.records.get(session_id)
+            if record is None:
+                continue
+            log.warning(
+                "operation_interrupted", session_id=session_id, kind=op["kind"], step=op["step"]
+            )
+            if record.status is SessionStatus.DELETING:
+                self._start_delete(record)
+                continue
+            record.progress = None
+            record.error_message = (
+                f"'{op['kind']}' was interrupted by a daemon restart at step '{op['step']}'"
+            )
+            if record.status is SessionStatus.CREATING:
+                record.status = SessionStatus.FAILED
+            await self.save(record, "progress", "error_message", "status")
+        for record in self.records.values():
+            if record.status is SessionStatus.DELETING and record.id not in interrupted:
+                self._start_delete(record)
+        self.version += 1
+
+    # create
+
+    async def create(self, request: CreateSessionRequest) -> SessionRecord:
+        backend = self._backend(request.backend)
+        repo_requests = self._repository_requests(request)
+        name = request.name
+        if name is not None:
+            self._reserve_name(name)
+        try:
+            resolved = await self._resolve_repositories(repo_requests)
+            await self._check_image_paths(request.image_paths)
+            if name is None:
+                name = await self._generate_free_name(resolved)
+            else:
+                await self._check_name_free(name, resolved)
+            info = await backend.info()
+            if not info.available:
+                raise BackendUnavailableError("The container engine does not answer")
+            now = utcnow()
+            record = SessionRecord(
+                id=str(uuid.uuid4()),
+                name=name,
+                backend=request.backend,
+                agent=request.agent,
+                model=request.model or self.settings.sessions.default_model or None,
+                status=SessionStatus.CREATING,
+                prompt=request.prompt,
+                no_plan_mode=request.no_plan_mode,
+                image=request.image or self.settings.docker.default_image,
+                image_paths=request.image_paths,
+                created_at=now,
+                updated_at=now,
+                progress=Progress(step=0, total=4, message="Queued"),
+                repositories=[
+                    Repository(
+                        path=info_.root,
+                        mount_name=req.mount_name,
+                        worktree_path=str(self.worktrees_dir / name / req.mount_name),
+                        branch_name=BRANCH_PREFIX + name,
+                        base_branch=base,
+                        is_primary=index == 0,
+                        subdir=info_.subdir,
+                    )
+                    for index, (req, info_, base) in enumerate(resolved)
+                ],
+            )
+            await self.store.insert_session(record)
+            op_id = await self.store.begin_operation(record.id, "create", "record")
+            self.records[record.id] = record
+            self.version += 1
+        finally:
+            if request.name is not None:
+                self._reserved_names.discard(request.name)
+            elif name is not None:
+                self._reserved_names.discard(name)
+        self._busy.add(record.id)
+        await self.hub.publish("session_created", record.id, session=self._json(record))
+        self.tasks.spawn(self._run_create(record, op_id), name=f"create:{record.id}")
+        return record
+
+    def _json(self, record: SessionRecord) -> dict[str, Any]:
+        return self.to_api(record).model_dump(mode="json")
+
+    def _repository_requests(self, request: CreateSessionRequest) -> list[RepositoryRequest]:
+        if request.repositories is not None:
+            return request.repositories
+        assert request.repo_path is not None
+        mount = slug(Path(request.repo_path.rstrip("/")).name)[:64] or "repo"
+        return [
+            RepositoryRequest(
+                path=request.repo_path, mount_name=mount, base_branch=request.base_branch
+            )
+        ]
+
+    async def _resolve_repositories(
+        self, requests: list[RepositoryRequest]
+    ) -> list[tuple[RepositoryRequest, worktrees.RepoInfo, str]]:
+        timeout = self.settings.sessions.git_timeout
+        field = "repo_path" if len(requests) == 1 else "repositories.{}.path"
+        results = await asyncio.gather(
+            *(worktrees.resolve_repository(r.path, timeout=timeout) for r in requests),
+            return_exceptions=True,
+        )
+        problems: list[dict[str, str]] = []
+        infos: list[worktrees.RepoInfo] = []
+        for index, result in enumerate(results):
+            if isinstance(result, worktrees.InvalidRepository):
+                problems.append({"field": field.format(index), "message": result.message})
+            elif isinstance(result, BaseException):
+                raise api_error(result)
+            else:
+                infos.append(result)
+        if problems:
+            raise InvalidRequest(problems[0]["message"], problems)
+        roots = [i.root for i in infos]
+        if len(set(roots)) != len(roots):
+            raise InvalidRequest(
+                "the same repository is given twice",
+                [{"field": "repositories", "message": "each repository may appear once"}],
+            )
+        resolved = []
+        for index, (req, info) in enumerate(zip(requests, infos, strict=True)):
+            base = req.base_branch or info.current_branch
+            where = "base_branch" if len(requests) == 1 else f"repositories.{index}.base_branch"
+            if base is None:
+                raise InvalidRequest(
+                    f"{info.root} is on a detached HEAD; give base_branch",
+                    [{"field": where, "message": "required on a detached HEAD"}],
+                )
+            if not await worktrees.ref_exists(info.root, base, timeout=timeout):
+                raise InvalidRequest(
+                    f"base_branch '{base}' does not exist in {info.root}",
+                    [{"field": where, "message": "no such branch or commit"}],
+                )
+            resolved.append((req, info, base))
+        return resolved
+
+    async def _check_image_paths(self, paths: list[str]) -> None:
+        def missing() -> list[str]:
+            return [p for p in paths if not (Path(p).is_absolute() and Path(p).is_file())]
+
+        bad = await asyncio.to_thread(missing)
+        if bad:
+            raise InvalidRequest(
+                f"image_paths must be existing files given by absolute path: {bad[0]}",
+                [{"field": "image_paths", "message": f"not a file: {p}"} for p in bad],
+            )
+
+    def _reserve_name(self, name: str) -> None:
+        if name in self._reserved_names or any(r.name == name for r in self.records.values()):
+            raise Conflict(f"a session named '{name}' already exists")
+        self._reserved_names.add(name)
+
+    async def _name_conflict(
+        self, name: str, resolved: Iterable[tuple[RepositoryRequest, worktrees.RepoInfo, str]]
+    ) -> str | None:
+        if await asyncio.to_thread((self.worktrees_dir / name).exists):
+            return f"the worktree folder for '{name}' already exists"
+        for _, info, _ in resolved:
+            if await worktrees.branch_exists(
+                info.root, BRANCH_PREFIX + name, timeout=self.settings.sessions.git_timeout
+            ):
+                return f"branch '{BRANCH_PREFIX}{name}' already exists in {info.root}"
+        return None
+
+    async def _check_name_free(self, name: str, resolved: Any) -> None:
+        reason = await self._name_conflict(name, resolved)
+        if reason:
+            raise Conflict(f"{reason}; choose another name")
+
+    async def _generate_free_name(self, resolved: Any) -> str:
+        for _ in range(50):
+            name = generate_name()
+            try:
+                self._reserve_name(name)
+            except Conflict:
+                continue
+            if await self._name_conflict(name, resolved) is None:
+                return name
+            self._reserved_names.discard(name)
+        raise Conflict("could not find a free session name; give one")
+
+    async def _run_create(self, record: SessionRecord, op_id: int) -> None:
+        op = _Operation(self, record, op_id, total=4)
+        log_ = log.bind(session_id=record.id)
+        made_worktrees: list[Repository] = []
+        try:
+            await op.step("worktrees", "Creating worktrees")
+            made_worktrees = await self._ensure_worktrees(record)
+            await op.step("home", "Preparing the agent home")
+            await asyncio.to_thread(self.agent_home(record.id).mkdir, parents=True, exist_ok=True)
+            await self._launch(record, op)
+        except Exception as exc:
+            error = api_error(exc)
+            log_.warning("create_failed", error=error.message, details=error.details)
+            await self._undo_create(record, made_worktrees)
+            await self._fail(record, op_id, error.message)
+        else:
+            await self.store.end_operation(op_id, "done")
+            log_.info("session_created", name=record.name)
+        finally:
+            self._busy.discard(record.id)
+
+    async def _undo_create(self, record: SessionRecord, made: list[Repository]) -> None:
+        """Remove what a failed create made; the branch stays, as branches always do."""
+        with contextlib.suppress(Exception):
+            await self._remove_containers(record)
+        for repo in made:
+            try:
+                await worktrees.remove_worktree(
+                    repo.path, repo.worktree_path, timeout=self.settings.sessions.git_timeout
+                )
+            except worktrees.GitError as exc:
+                log.warning("undo_worktree_failed", session_id=record.id, error=exc.message)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(
+                lambda: (self.worktrees_dir / record.name).rmdir()
+            )
+
+    async def _fail(self, record: SessionRecord, op_id: int | None, message: str) -> None:
+        record.status = SessionStatus.FAILED
+        record.error_message = message
+        record.progress = None
+        await self.save(record, "status", "error_message", "progress", "container_id")
+        if op_id is not None:
+            await self.store.end_operation(op_id, "failed", message)
+        await self.publish_status(record)
+
+    # the container
+
+    def _spec(self, record: SessionRecord) -> ContainerSpec:
+        mounts: list[Mount] = []
+        git_dirs: set[str] = set()
+        for repo in record.repositories:
+            target = (
+                CONTAINER_WORKSPACE if repo.is_primary else f"/repos/{repo.mount_name}"
+            )
+            mounts.append(Mount(repo.worktree_path, target))
+            # The worktree's .git file names the main repository's .git by its host path.
+            git_dirs.add(str(Path(repo.path) / ".git"))
+        mounts += [Mount(d, d) for d in sorted(git_dirs)]
+        mounts.append(Mount(str(self.agent_home(record.id)), CONTAINER_HOME))
+        subdir = record.primary.subdir
+        docker = self.settings.docker
+        user = None
+        if self.settings.sessions.run_as_host_user:
+            user = f"{os.getuid()}:{os.getgid()}"
+        return ContainerSpec(
+            session_id=record.id,
+            session_name=record.name,
+            image=record.image or docker.default_image,
+            working_dir=f"{CONTAINER_WORKSPACE}/{subdir}" if subdir else CONTAINER_WORKSPACE,
+            mounts=tuple(mounts),
+            env={"HOME": CONTAINER_HOME, "CORRAL_SESSION_ID": record.id, "TERM": "xterm-256color"},
+            user=user,
+            cpu_limit=docker.cpu_limit or None,
+            memory_limit=docker.memory_limit_mb * 1024 * 1024 or None,
+            network_mode=docker.network_mode,
+            daemon_instance=self.settings.server.host + ":" + str(self.settings.server.port),
+        )
+
+    async def _launch(self, record: SessionRecord, op: _Operation) -> None:
+        backend = self.backend_for(record)
+        await op.step("container", "Creating the container")
+        await self._remove_containers(record)
+        info = await backend.create(self._spec(record))
+        record.container_id = info.id
+        await self.save(record, "container_id")
+        await op.step("start", "Starting the container")
+        await backend.start(info.id)
+        record.status = SessionStatus.RUNNING
+        record.progress = None
+        record.error_message = None
+        await self.save(record, "status", "progress", "error_message")
+        await self.publish_status(record)
+
+    async def _remove_containers(self, record: SessionRecord) -> None:
+        """Remove every container of this session, by label, so none is ever lost track of."""
+        backend = self.backend_for(record)
+        ids = {c.id for c in await backend.list_managed() if c.session_id == record.id}
+        if record.container_id:
+            ids.add(record.container_id)
+        for container_id in ids:
+            await backend.remove(container_id)
+        record.container_id = None
+
+    async def _ensure_worktrees(self, record: SessionRecord) -> list[Repository]:
+        """Add each worktree that is not on disk; an existing branch is attached, not reset."""
+        made = []
+        for repo in record.repositories:
+            present = await asyncio.to_thread(Path(repo.worktree_path).is_dir)
+            if present:
+                continue
+            await worktrees.add_worktree(
+                repo.path,
+                repo.worktree_path,
+                repo.branch_name,
+                repo.base_branch,
+                timeout=self.settings.sessions.git_timeout,
+            )
+            made.append(repo)
+        return made
+
+    # observation and health
+
+    async def observe(self, record: SessionRecord) -> Observation:
+        container = None
+        if record.container_id:
+            container = await self.backend_for(record).inspect(record.container_id)
+
+        def missing() -> list[str]:
+            return [r.mount_name for r in record.repositories if not Path(r.worktree_path).is_dir()]
+
+        return Observation(container, await asyncio.to_thread(missing))
+
+    async def health(self, record: SessionRecord) -> HealthReport:
+        seen = None
+        needs_engine = not record.archived and record.status in (
+            SessionStatus.RUNNING,
+            SessionStatus.STOPPED,
+            SessionStatus.FAILED,
+        )
+        if needs_engine:
+            seen = await self.observe(record)
+        health_report = report(record, seen)
+        await self._sync_status(record, seen)
+        return health_report
+
+    async def health_or_stored(self, record: SessionRecord) -> HealthReport:
+        """The live report, or the stored one with the reason when the engine is away."""
+        try:
+            return await self.health(record)
+        except BackendUnavailable as exc:
+            stored = report(record, None)
+            stored.details.update(backend_available=False, backend_error=exc.message)
+            stored.available_actions = []
+            stored.recommended_action = None
+            stored.data_preservation = {}
+            return stored
+
+    async def _sync_status(self, record: SessionRecord, seen: Observation | None) -> None:
+        """Bring the stored status in line with an observed container."""
+        if seen is None or record.status not in (SessionStatus.RUNNING, SessionStatus.STOPPED):
+            return
+        running = seen.container is not None and seen.container.running
+        status = SessionStatus.RUNNING if running else SessionStatus.STOPPED
+        if status is not record.status:
+            record.status = status
+            await self.save(record, "status")
+            await self.publish_status(record)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, record: SessionRecord) -> AsyncIterator[None]:
+        if record.id in self._busy:
+            raise Conflict("another operation is in progress on this session")
+        self._busy.add(record.id)
+        try:
+            yield
+        finally:
+            self._busy.discard(record.id)
+
+    async def _require(self, record: SessionRecord, action: Action) -> HealthReport:
+        try:
+            health_report = await self.health(record)
+        except BackendError as exc:
+            raise api_error(exc) from exc
+        if action not in health_report.available_actions:
+            raise Conflict(
+                f"cannot {action.value} a session whose health is {health_report.health.value}",
+                {
+                    "health": health_report.health.value,
+                    "available_actions": [a.value for a in health_report.available_actions],
+                },
+            )
+        return health_report
+
+    async def _journaled(
+        self, record: SessionRecord, action: Action, total: int
+    ) -> tuple[_Operation, int]:
+        op_id = await self.store.begin_operation(record.id, action.value, "begin")
+        return _Operation(self, record, op_id, total=total), op_id
+
+    async def _run_action(
+        self, record: SessionRecord, action: Action, body: _Body, *, total: int
+    ) -> None:
+        """Guard, journal and run one synchronous action; failures leave a clear record."""
+        async with self._exclusive(record):
+            await self._require(record, action)
+            op, op_id = await self._journaled(record, action, total=total)
+            try:
+                await body(record, op)
+            except Exception as exc:
+                error = api_error(exc)
+                log.warning(
+                    "action_failed", session_id=record.id, action=action.value, error=error.message
+                )
+                if isinstance(error, BackendUnavailableError):
+                    record.progress = None
+                    await self.save(record, "progress", "container_id")
+                    await self.store.end_operation(op_id, "failed", error.message)
+                else:
+                    await self._fail(record, op_id, f"{action.value} failed: {error.message}")
+                raise error from exc
+            await self.store.end_operation(op_id, "done")
+            log.info("action_done", session_id=record.id, action=action.value)
+
+    # actions
+
+    async def start(self, session_id: str) -> SessionRecord:
+        async def body(record: SessionRecord, op: _Operation) -> None:
+            await op.step("start", "Starting the container")
+            assert record.container_id is not None
+            await self.backend_for(record).start(record.container_id)
+            record.status = SessionStatus.RUNNING
+            record.progress = None
+            record.error_message = None
+            await self.save(record, "status", "progress", "error_message")
+            await self.publish_status(record)
+
+        record = self.get(session_id)
+        await self._run_action(record, Action.START, body, total=1)
+        return record
+
+    async def archive(self, session_id: str) -> SessionRecord:
+        async def body(record: SessionRecord, op: _Operation) -> None:
+            await op.step("remove_container", "Removing the container")
+            await self._remove_containers(record)
+            record.archived = True
+            record.archived_at = utcnow()
+            record.status = SessionStatus.STOPPED
+            record.progress = None
+            await self.save(
+                record, "archived", "archived_at", "status", "progress", "container_id"
+            )
+            await self.publish_status(record)
+
+        record = self.get(session_id)
+        await self._run_action(record, Action.ARCHIVE, body, total=1)
+        return record
+
+    async def unarchive(self, session_id: str) -> SessionRecord:
+        async def body(record: SessionRecord, op: _Operation) -> None:
+            await op.step("worktrees", "Checking the worktrees")
+            await self._ensure_worktrees(record)
+            record.archived = False
+            record.archived_at = None
+            await self.save(record, "archived", "archived_at")
+            await self._launch(record, op)
+
+        record = self.get(session_id)
+        await self._run_action(record, Action.UNARCHIVE, body, total=3)
+        return record
+
+    async def recreate(self, session_id: str, *, fresh: bool = False) -> SessionRecord:
+        async def body(record: SessionRecord, op: _Operation) -> None:
+            await op.step("remove_container", "Removing the old container")
+            await self._remove_containers(record)
+            await self.save(record, "container_id")
+            if fresh:
+                await op.step("fresh_worktrees", "Making fresh worktrees from the base branch")
+                await self._fresh_worktrees(record)
+            else:
+                await op.step("worktrees", "Checking the worktrees")
+                await self._ensure_worktrees(record)
+            await asyncio.to_thread(self.agent_home(record.id).mkdir, parents=True, exist_ok=True)
+            await self._launch(record, op)
+
+        record = self.get(session_id)
+        action = Action.RECREATE_FRESH if fresh else Action.RECREATE
+        await self._run_action(record, action, body, total=4)
+        return record
+
+    async def refresh(self, session_id: str) -> SessionRecord:
+        async def body(record: SessionRecord, op: _Operation) -> None:
+            await op.step("image", f"Refreshing image {record.image}")
+            await self.backend_for(record).refresh_image(record.image or "")
+            await op.step("remove_container", "Removing the old container")
+            await self._remove_containers(record)
+            await self.save(record, "container_id")
+            await self._ensure_worktrees(record)
+            await self._launch(record, op)
+
+        record = self.get(session_id)
+        await self._run_action(record, Action.REFRESH, body, total=4)
+        return record
+
+    async def _fresh_worktrees(self, record: SessionRecord) -> None:
+        timeout = self.settings.sessions.git_timeout
+        for repo in record.repositories:
+            await worktrees.remove_worktree(repo.path, repo.worktree_path, timeout=timeout)
+            kept = await worktrees.archive_branch(repo.path, repo.branch_name, timeout=timeout)
+            if kept:
+                log.info(
+                    "previous_commits_kept", session_id=record.id, branch=kept, repo=repo.path
+                )
+            else:
+                await worktrees.reset_branch(
+                    repo.path, repo.branch_name, repo.base_branch, timeout=timeout
+                )
+            await worktrees.add_worktree(
+                repo.path, repo.worktree_path, repo.branch_name, repo.base_branch, timeout=timeout
+            )
+
+    async def update_metadata(self, session_id: str, update: MetadataUpdate) -> SessionRecord:
+        record = self.get(session_id)
+        changed = update.model_dump(exclude_unset=True, exclude_none=True)
+        if "name" in changed and changed["name"] != record.name:
+            if any(r.name == changed["name"] for r in self.records.values()):
+                raise Conflict(f"a session named '{changed['name']}' already exists")
+        for key, value in changed.items():
+            setattr(record, key, value)
+        if changed:
+            await self.save(record, *changed)
+            await self.hub.publish("session_updated", record.id, session=self._json(record))
+        return record
+
+    # delete and cleanup
+
+    async def unsaved_work(self, record: SessionRecord) -> list[dict[str, Any]]:
+        found = []
+        for repo in record.repositories:
+            work = await worktrees.unsaved_work(
+                repo.worktree_path,
+                repo.branch_name,
+                repo_root=repo.path,
+                timeout=self.settings.sessions.git_timeout,
+            )
+            if work.any:
+                found.append(
+                    {
+                        "mount_name": repo.mount_name,
+                        "worktree_path": repo.worktree_path,
+                        "uncommitted": work.uncommitted[:50],
+                        "unique_commits": work.unique_commits,
+                    }
+                )
+        return found
+
+    async def delete(self, session_id: str, *, force: bool = False) -> SessionRecord:
+        record = self.get(session_id)
+        return await self._delete(record, Action.DELETE, force=force)
+
+    async def cleanup(self, session_id: str) -> SessionRecord:
+        record = self.get(session_id)
+        return await self._delete(record, Action.CLEANUP, force=True)
+
+    async def _delete(self, record: SessionRecord, action: Action, *, force: bool) -> SessionRecord:
+        async with self._exclusive(record):
+            if action is Action.CLEANUP or record.container_id:
+                await self._require(record, action)
+            elif record.status in (SessionStatus.CREATING, SessionStatus.DELETING):
+                raise Conflict(f"cannot delete a session that is {record.status.value}")
+            if not force:
+                try:
+                    work = await self.unsaved_work(record)
+                except worktrees.GitError as exc:
+                    raise api_error(exc) from exc
+                if work:
+                    raise Conflict(
+                        "the session has work that is not saved on any other branch; "
+                        "commit and merge it, or delete with force=true",
+                        {"repositories": work},
+                    )
+            record.status = SessionStatus.DELETING
+            record.progress = Progress(step=0, total=3, message="Queued for deletion")
+            await self.save(record, "status", "progress")
+        await self.publish_status(record)
+        self._start_delete(record)
+        return record
+
+    def _start_delete(self, record: SessionRecord) -> None:
+        self._busy.add(record.id)
+        self.tasks.spawn(self._run_delete(record), name=f"delete:{record.id}")
+
+    async def _run_delete(self, record: SessionRecord) -> None:
+        op_id = await self.store.begin_operation(record.id, "delete", "begin")
+        op = _Operation(self, record, op_id, total=3)
+        timeout = self.settings.sessions.git_timeout
+        try:
+            await op.step("remove_container", "Removing the container")
+            if record.container_id or not record.archived:
+                await self._remove_containers(record)
+            await op.step("remove_worktrees", "Removing the worktrees (branches are kept)")
+            for repo in record.repositories:
+                await worktrees.remove_worktree(repo.path, repo.worktree_path, timeout=timeout)
+            await asyncio.to_thread(self._remove_session_files, record)
+            await op.step("forget", "Removing the record")
+            await self.hub.publish("session_deleted", record.id)
+            await self.store.delete_session(record.id)
+            await self.store.end_operation(op_id, "done")
+            self.records.pop(record.id, None)
+            self.hub.forget(record.id)
+            self.version += 1
+            log.info("session_deleted", session_id=record.id)
+        except Exception as exc:
+            error = api_error(exc)
+            log.warning("delete_failed", session_id=record.id, error=error.message)
+            await self._fail(record, op_id, f"delete failed: {error.message}")
+        finally:
+            self._busy.discard(record.id)
+
+    def _remove_session_files(self, record: SessionRecord) -> None:
+        shutil.rmtree(self.session_dir(record.id), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.worktrees_dir / record.name).rmdir()

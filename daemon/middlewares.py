@@ -1,0 +1,164 @@
+"""HTTP middlewares, outermost first: errors to PROTOCOL bodies, then Host, Origin and CORS.
+
+Order matters and is fixed in :func:`setup_middlewares`: the error middleware wraps
+everything so even a refused Host gets a JSON body; the Host and Origin checks run before
+any handler and before any WebSocket upgrade (PROTOCOL.md, "Security").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+
+from daemon.errors import (
+    ApiError,
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from daemon.keys import SETTINGS
+from daemon.routes import Handler
+from daemon.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+CORS_METHODS = "GET, POST, PATCH, PUT, DELETE, OPTIONS"
+CORS_HEADERS = "Content-Type, Authorization"
+
+
+def json_error(error: ApiError) -> web.Response:
+    return web.json_response(error.body(), status=error.status)
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
+    if exc.status == 404:
+        return NotFound(f"No route for {request.method} {request.path}")
+    if exc.status == 405:
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+    if exc.status == 413:
+        return PayloadTooLarge("request body too large")
+    if exc.status == 403:
+        return Forbidden(exc.reason)
+    if 400 <= exc.status < 500:
+        return InvalidRequest(exc.reason)
+    return InternalError("internal error")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(_from_http_exception(request, exc))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        return json_error(InternalError("internal error"))
+
+
+def _host_name(host: str) -> str:
+    """The name part of a Host header or netloc: no port, no IPv6 brackets, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        return host.rsplit(":", 1)[0]
+    return host
+
+
+def _is_loopback(name: str) -> bool:
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class OriginPolicy:
+    """Which Host headers and Origins the daemon answers; built once from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        server = settings.server
+        self.hosts = set(LOOPBACK_NAMES) | {h.lower() for h in server.allowed_hosts}
+        bound = _host_name(server.host)
+        if bound not in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+            self.hosts.add(bound)
+        self.origins = {o.rstrip("/").lower() for o in server.allowed_origins}
+        self.own_origin = f"http://{server.host}:{server.port}".lower()
+
+    def host_allowed(self, host: str | None) -> bool:
+        if host is None:
+            return True  # HTTP/1.0 clients; a browser always sends Host
+        return _host_name(host) in self.hosts
+
+    def origin_allowed(self, origin: str) -> bool:
+        origin = origin.rstrip("/").lower()
+        if origin in self.origins or origin == self.own_origin:
+            return True
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        return _is_loopback(parts.hostname) and parts.path == ""
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def origin_middleware(policy: OriginPolicy) -> web.middleware:  # type: ignore[valid-type]
+    @web.middleware
+    async def check_host_and_origin(
+        request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        if not policy.host_allowed(request.headers.get("Host")):
+            log.warning("host_refused", host=request.headers.get("Host"), path=request.path)
+            raise Forbidden("Host not allowed")
+        origin = request.headers.get("Origin")
+        if origin is not None and not policy.origin_allowed(origin):
+            if request.method not in SAFE_METHODS or _is_upgrade(request):
+                log.warning("origin_refused", origin=origin, path=request.path)
+                raise Forbidden("Origin not allowed")
+            if request.method == "OPTIONS":
+                raise Forbidden("Origin not allowed")
+            return await handler(request)  # a plain read: no CORS headers, the browser hides it
+        if origin is not None and request.method == "OPTIONS":
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Origin": origin,
+                    "Access-Control-Allow-Methods": CORS_METHODS,
+                    "Access-Control-Allow-Headers": CORS_HEADERS,
+                    "Access-Control-Allow-Credentials": "true",
+                    "Access-Control-Max-Age": "600",
+                    "Vary": "Origin",
+                },
+            )
+        response = await handler(request)
+        if origin is not None and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return check_host_and_origin
+
+
+def setup_middlewares(app: web.Application) -> None:
+    """Install the middlewares in their order: errors outermost, then Host/Origin/CORS."""
+    app.middlewares.append(error_middleware)
+    app.middlewares.append(origin_middleware(OriginPolicy(app[SETTINGS])))

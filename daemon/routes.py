@@ -1,0 +1,104 @@
+"""The route table: each REST handler declares its method, path and pydantic shapes once.
+
+The same declarations register the aiohttp routes and generate the OpenAPI document, so the
+two cannot drift apart. Request helpers here turn bad input into PROTOCOL errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from daemon.errors import InvalidRequest, PayloadTooLarge
+from daemon.keys import SETTINGS
+from daemon.models import validation_details
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    public: bool = False
+    body_optional: bool = False
+    multipart: bool = False
+    tags: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class RouteTable:
+    specs: list[RouteSpec] = field(default_factory=list)
+
+    def route(
+        self, method: str, path: str, summary: str, **options: Any
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.specs.append(RouteSpec(method, path, handler, summary, **options))
+            return handler
+
+        return register
+
+    def install(self, app: web.Application) -> None:
+        for spec in self.specs:
+            app.router.add_route(spec.method, spec.path, spec.handler)
+
+
+def dump(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        body=model.model_dump_json().encode(),
+        status=status,
+        content_type="application/json",
+    )
+
+
+async def read_body(request: web.Request, model: type[M], *, optional: bool = False) -> M:
+    """Parse and validate a JSON object body; every failure is a PROTOCOL error."""
+    max_bytes = request.app[SETTINGS].server.max_json_bytes
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body over {max_bytes} bytes")
+    raw = await request.read()
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body over {max_bytes} bytes")
+    if not raw.strip():
+        if optional:
+            return model()
+        raise InvalidRequest("a JSON object body is required")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        raise InvalidRequest(f"invalid request: {details[0]['field']}: {details[0]['message']}",
+                             details) from exc  # fmt: skip
+
+
+def read_query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        details = validation_details(exc)
+        raise InvalidRequest(f"invalid query: {details[0]['field']}: {details[0]['message']}",
+                             details) from exc  # fmt: skip
+
+
+ROUTES = RouteTable()

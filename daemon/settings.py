@@ -1,0 +1,185 @@
+"""The one settings model: embedded defaults, then config.toml, then CORRAL_* env, then flags.
+
+Every key here must appear, with its default, in ``config.example.toml``; a test keeps
+the two in step. Environment variables are named ``CORRAL_<SECTION>__<KEY>`` (for
+example ``CORRAL_SERVER__PORT=4000``); list values are given as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+ENV_PREFIX = "CORRAL_"
+DEFAULT_CONFIG_PATH = Path("~/.config/corral/config.toml")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSettings(Section):
+    host: str = Field("127.0.0.1", description="Address to bind; loopback unless auth is on.")
+    port: int = Field(3030, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Extra Host header names accepted besides localhost and loopback addresses.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Extra Origins accepted besides the daemon's own, localhost and 127.0.0.1.",
+    )
+    allow_remote_without_auth: bool = Field(
+        False, description="Dangerous: allow a non-loopback bind with auth off."
+    )
+    max_json_bytes: int = Field(1024 * 1024, ge=1024, description="Largest JSON request body.")
+    shutdown_timeout: float = Field(10.0, gt=0, description="Seconds to finish work on stop.")
+
+
+class DockerSettings(Section):
+    url: str = Field("", description="Engine URL; empty uses DOCKER_HOST or the local socket.")
+    default_image: str = Field("corral-agent:latest", description="Image for new sessions.")
+    network_mode: str = Field("bridge", description="Network of session containers.")
+    cpu_limit: float = Field(0.0, ge=0, description="Cores per container; 0 means no limit.")
+    memory_limit_mb: int = Field(0, ge=0, description="MiB per container; 0 means no limit.")
+    stop_timeout: float = Field(10.0, ge=0, description="Seconds between SIGTERM and SIGKILL.")
+    api_timeout: float = Field(30.0, gt=0, description="Seconds before an engine call fails.")
+
+
+class SessionSettings(Section):
+    default_backend: Literal["docker", "local"] = Field("docker", description="Backend default.")
+    default_agent: Literal["claude", "codex"] = Field("claude", description="Agent default.")
+    default_model: str = Field("", description="Model passed to the agent; empty: its own.")
+    git_timeout: float = Field(60.0, gt=0, description="Seconds before a git command fails.")
+    run_as_host_user: bool = Field(
+        True, description="Run containers as the daemon's uid:gid so worktree files stay yours."
+    )
+
+
+class UploadSettings(Section):
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Largest upload, all files.")
+    max_files: int = Field(100, ge=1, description="Most files in one upload.")
+
+
+class AgentSettings(Section):
+    anthropic_api_key: SecretStr = Field(
+        SecretStr(""), description="Passed to Claude Code; empty: ANTHROPIC_API_KEY if set."
+    )
+    anthropic_base_url: str = Field("", description="Anthropic-compatible endpoint override.")
+    openai_api_key: SecretStr = Field(
+        SecretStr(""), description="Passed to Codex; empty: OPENAI_API_KEY if set."
+    )
+
+
+class LoggingSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    format: Literal["console", "json"] = Field("console", description="One event a line.")
+
+
+class Settings(Section):
+    data_dir: Path = Field(
+        Path("~/.local/share/corral"), description="SQLite store, worktrees and agent homes."
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    uploads: UploadSettings = Field(default_factory=UploadSettings)
+    agents: AgentSettings = Field(default_factory=AgentSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "corral.db"
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration for ``/api/config``: secrets never leave."""
+        data = self.model_dump(mode="json")
+        for section, fields in type(self).secret_fields().items():
+            for name in fields:
+                if getattr(getattr(self, section), name).get_secret_value():
+                    data[section][name] = "**********"
+        return data
+
+    @classmethod
+    def secret_fields(cls) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for section, info in cls.model_fields.items():
+            model = info.annotation
+            if isinstance(model, type) and issubclass(model, Section):
+                names = [n for n, f in model.model_fields.items() if f.annotation is SecretStr]
+                if names:
+                    found[section] = names
+        return found
+
+
+class SettingsError(ValueError):
+    """The configuration could not be read or is invalid."""
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        value: Any = raw
+        if raw.startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"{name} is not valid JSON: {exc}") from exc
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def load_settings(
+    config_path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: TOML file, then environment, then ``overrides`` (the CLI flags).
+
+    An explicit ``config_path`` that does not exist is an error; the default one is optional.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    path = config_path or Path(environ.get("CORRAL_CONFIG", DEFAULT_CONFIG_PATH)).expanduser()
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read {path}: {exc}") from exc
+    elif config_path is not None:
+        raise SettingsError(f"config file {path} does not exist")
+    env = {k: v for k, v in environ.items() if k != "CORRAL_CONFIG"}
+    data = _merge(data, _env_overrides(env))
+    data = _merge(data, overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc

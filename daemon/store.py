@@ -1,0 +1,369 @@
+"""The SQLite store: sessions, repositories, the operations journal and events.
+
+aiosqlite keeps every query off the event loop. WAL mode lets readers go on while a write
+commits; ``synchronous=NORMAL`` is durable across a daemon crash (only a power cut can lose
+the last commits, never corrupt the file). Migrations are numbered and applied in order;
+``PRAGMA user_version`` holds the schema version.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+from pydantic import BaseModel, Field
+
+from daemon.models import AgentState, Progress, Repository, SessionStatus
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL DEFAULT '',
+        tags TEXT NOT NULL DEFAULT '[]',
+        backend TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        model TEXT,
+        status TEXT NOT NULL,
+        archived INTEGER NOT NULL DEFAULT 0,
+        archived_at TEXT,
+        agent_state TEXT NOT NULL DEFAULT 'unknown',
+        prompt TEXT NOT NULL,
+        no_plan_mode INTEGER NOT NULL DEFAULT 0,
+        image TEXT,
+        image_paths TEXT NOT NULL DEFAULT '[]',
+        container_id TEXT,
+        progress TEXT,
+        error_message TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE repositories (
+        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        mount_name TEXT NOT NULL,
+        worktree_path TEXT NOT NULL,
+        branch_name TEXT NOT NULL,
+        base_branch TEXT NOT NULL,
+        is_primary INTEGER NOT NULL,
+        subdir TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (session_id, position)
+    );
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        step TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX operations_open ON operations(state) WHERE state = 'running';
+    CREATE TABLE events (
+        session_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _parse_ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class SessionRecord(BaseModel):
+    """A session as the daemon keeps it; the API's Session adds the computed health."""
+
+    id: str
+    name: str
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    backend: str
+    agent: str
+    model: str | None = None
+    status: SessionStatus
+    archived: bool = False
+    archived_at: datetime | None = None
+    agent_state: AgentState = AgentState.UNKNOWN
+    prompt: str
+    no_plan_mode: bool = False
+    image: str | None = None
+    image_paths: list[str] = Field(default_factory=list)
+    container_id: str | None = None
+    progress: Progress | None = None
+    error_message: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    repositories: list[Repository]
+
+    @property
+    def primary(self) -> Repository:
+        return next(r for r in self.repositories if r.is_primary)
+
+
+_SESSION_COLUMNS = [
+    "id", "name", "description", "tags", "backend", "agent", "model", "status", "archived",
+    "archived_at", "agent_state", "prompt", "no_plan_mode", "image", "image_paths",
+    "container_id", "progress", "error_message", "created_at", "updated_at",
+]  # fmt: skip
+_JSON_COLUMNS = {"tags", "image_paths"}
+_TIME_COLUMNS = {"archived_at", "created_at", "updated_at"}
+
+
+def _to_column(name: str, value: Any) -> Any:
+    if name in _JSON_COLUMNS:
+        return json.dumps(value)
+    if name in _TIME_COLUMNS:
+        return _ts(value)
+    if name == "progress":
+        return value.model_dump_json() if value is not None else None
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+class StoreError(Exception):
+    """The store could not be written (disk full, read-only file, corruption)."""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path)
+        self._db.row_factory = sqlite3.Row
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _migrate(self) -> None:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"store schema version {version} is newer than this corral "
+                f"({len(MIGRATIONS)}); upgrade corral"
+            )
+        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self.db.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version = {number};\nCOMMIT;")
+            log.info("store_migrated", version=number)
+
+    async def schema_version(self) -> int:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _write(self, statements: Iterable[tuple[str, Iterable[Any]]]) -> None:
+        """Run statements in one transaction; a failure rolls back and raises StoreError."""
+        try:
+            for sql, params in statements:
+                await self.db.execute(sql, tuple(params))
+            await self.db.commit()
+        except sqlite3.Error as exc:
+            await self.db.rollback()
+            raise StoreError(f"the store could not be written: {exc}") from exc
+
+    # sessions
+
+    async def insert_session(self, record: SessionRecord) -> None:
+        data = record.model_dump()
+        columns = ", ".join(_SESSION_COLUMNS)
+        marks = ", ".join("?" for _ in _SESSION_COLUMNS)
+        statements: list[tuple[str, Iterable[Any]]] = [
+            (
+                f"INSERT INTO sessions ({columns}) VALUES ({marks})",  # noqa: S608 - fixed names
+                [_to_column(c, getattr(record, c) if c == "progress" else data[c])
+                 for c in _SESSION_COLUMNS],
+            )
+        ]
+        statements += self._repository_rows(record)
+        await self._write(statements)
+
+    def _repository_rows(self, record: SessionRecord) -> list[tuple[str, Iterable[Any]]]:
+        rows: list[tuple[str, Iterable[Any]]] = [
+            ("DELETE FROM repositories WHERE session_id = ?", [record.id])
+        ]
+        for position, repo in enumerate(record.repositories):
+            rows.append(
+                (
+                    "INSERT INTO repositories (session_id, position, path, mount_name, "
+                    "worktree_path, branch_name, base_branch, is_primary, subdir) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [record.id, position, repo.path, repo.mount_name, repo.worktree_path,
+                     repo.branch_name, repo.base_branch, int(repo.is_primary), repo.subdir],
+                )
+            )  # fmt: skip
+        return rows
+
+    async def update_session(self, record: SessionRecord, fields: Iterable[str]) -> None:
+        names = [f for f in fields if f in _SESSION_COLUMNS and f != "id"]
+        if not names:
+            return
+        assignments = ", ".join(f"{n} = ?" for n in names)
+        await self._write(
+            [
+                (
+                    f"UPDATE sessions SET {assignments} WHERE id = ?",  # noqa: S608 - fixed names
+                    [_to_column(n, getattr(record, n)) for n in names] + [record.id],
+                )
+            ]
+        )
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._write(
+            [
+                ("DELETE FROM events WHERE session_id = ?", [session_id]),
+                ("DELETE FROM sessions WHERE id = ?", [session_id]),
+            ]
+        )
+
+    async def load_sessions(self) -> list[SessionRecord]:
+        repos: dict[str, list[Repository]] = {}
+        async with self.db.execute(
+            "SELECT * FROM repositories ORDER BY session_id, position"
+        ) as cur:
+            async for row in cur:
+                repos.setdefault(row["session_id"], []).append(
+                    Repository(
+                        path=row["path"],
+                        mount_name=row["mount_name"],
+                        worktree_path=row["worktree_path"],
+                        branch_name=row["branch_name"],
+                        base_branch=row["base_branch"],
+                        is_primary=bool(row["is_primary"]),
+                        subdir=row["subdir"],
+                    )
+                )
+        records = []
+        async with self.db.execute("SELECT * FROM sessions ORDER BY created_at") as cur:
+            async for row in cur:
+                data = {c: row[c] for c in _SESSION_COLUMNS}
+                for c in _JSON_COLUMNS:
+                    data[c] = json.loads(data[c])
+                for c in _TIME_COLUMNS:
+                    data[c] = _parse_ts(data[c])
+                data["progress"] = json.loads(data["progress"]) if data["progress"] else None
+                data["archived"] = bool(data["archived"])
+                data["no_plan_mode"] = bool(data["no_plan_mode"])
+                records.append(SessionRecord(**data, repositories=repos.get(row["id"], [])))
+        return records
+
+    # operations journal
+
+    async def begin_operation(self, session_id: str, kind: str, step: str) -> int:
+        now = _ts(utcnow())
+        try:
+            cur = await self.db.execute(
+                "INSERT INTO operations (session_id, kind, step, state, started_at, updated_at) "
+                "VALUES (?, ?, ?, 'running', ?, ?)",
+                (session_id, kind, step, now, now),
+            )
+            await self.db.commit()
+        except sqlite3.Error as exc:
+            await self.db.rollback()
+            raise StoreError(f"the store could not be written: {exc}") from exc
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    async def operation_step(self, op_id: int, step: str) -> None:
+        await self._write(
+            [("UPDATE operations SET step = ?, updated_at = ? WHERE id = ?",
+              [step, _ts(utcnow()), op_id])]
+        )  # fmt: skip
+
+    async def end_operation(self, op_id: int, state: str, error: str | None = None) -> None:
+        await self._write(
+            [("UPDATE operations SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+              [state, error, _ts(utcnow()), op_id])]
+        )  # fmt: skip
+
+    async def open_operations(self) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT * FROM operations WHERE state = 'running' ORDER BY id"
+        ) as cur:
+            return [dict(row) async for row in cur]
+
+    async def operations_for(self, session_id: str) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT * FROM operations WHERE session_id = ? ORDER BY id", (session_id,)
+        ) as cur:
+            return [dict(row) async for row in cur]
+
+    # events
+
+    async def max_seqs(self) -> dict[str, int]:
+        async with self.db.execute(
+            "SELECT session_id, MAX(seq) AS seq FROM events GROUP BY session_id"
+        ) as cur:
+            return {row["session_id"]: int(row["seq"]) async for row in cur}
+
+    async def insert_events(self, rows: list[tuple[str, int, str, str, str]]) -> None:
+        try:
+            await self.db.executemany(
+                "INSERT INTO events (session_id, seq, type, payload, timestamp) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            await self.db.commit()
+        except sqlite3.Error as exc:
+            await self.db.rollback()
+            raise StoreError(f"the store could not be written: {exc}") from exc
+
+    async def events_after(
+        self, session_id: str, after: int, limit: int, types: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events WHERE session_id = ? AND seq > ?"
+        params: list[Any] = [session_id, after]
+        if types is not None:
+            kinds = list(types)
+            sql += f" AND type IN ({', '.join('?' for _ in kinds)})"
+            params += kinds
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(limit)
+        async with self.db.execute(sql, params) as cur:
+            return [
+                {**json.loads(row["payload"]), "type": row["type"], "session_id": session_id,
+                 "seq": row["seq"], "timestamp": row["timestamp"]}
+                async for row in cur
+            ]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Where sessions run: the Backend contract (``base``) and its implementations (``docker``)."""

@@ -1,0 +1,346 @@
+"""The Docker backend: each session's agent runs in one labelled container, driven by aiodocker.
+
+It turns a :class:`ContainerSpec` into an Engine API container config and the engine's
+answers back into :class:`ContainerInfo`, and keeps the contract in ``backends.base``:
+engine silence becomes :class:`BackendUnavailable`, a missing image :class:`ImageNotFound`,
+a missing container success (``stop``, ``remove``) or ``None`` (``inspect``). Both
+translations live in one place, :class:`_Exchange`, so each operation is a few lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import aiodocker
+import aiohttp
+import structlog
+
+from backends.base import (
+    LABEL_DAEMON_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_SESSION_ID,
+    Backend,
+    BackendError,
+    BackendInfo,
+    BackendUnavailable,
+    ContainerInfo,
+    ContainerSpec,
+    ContainerState,
+    ImageNotFound,
+)
+
+log = structlog.get_logger(__name__)
+
+CONTAINER_NAME_PREFIX = "corral-"
+INFO_TIMEOUT = 3.0
+# aiodocker reports a failed connection as a DockerError with this pseudo status.
+_NO_CONNECTION = 900
+# The engine's zero time for "never started" or "never finished".
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+_EXITED_STATUS = re.compile(r"^Exited \((-?\d+)\)")
+
+
+def container_name(session_name: str) -> str:
+    return f"{CONTAINER_NAME_PREFIX}{session_name}"
+
+
+class DockerBackend(Backend):
+    """Sessions in Docker containers, through one lazily made aiodocker client."""
+
+    name = "docker"
+
+    def __init__(
+        self, url: str | None = None, *, api_timeout: float = 30.0, pull_timeout: float = 300.0
+    ) -> None:
+        self._url = url or None
+        self._api_timeout = api_timeout
+        self._pull_timeout = pull_timeout
+        self._docker: aiodocker.Docker | None = None
+
+    # -- the contract ---------------------------------------------------------------------
+
+    async def info(self) -> BackendInfo:
+        try:
+            async with self._engine("read the engine version", limit=INFO_TIMEOUT) as docker:
+                answer = await docker.version()
+        except BackendError:
+            return BackendInfo(available=False, version=None)
+        version = answer.get("Version")
+        return BackendInfo(available=True, version=str(version) if version else None)
+
+    async def create(self, spec: ContainerSpec) -> ContainerInfo:
+        name = container_name(spec.session_name)
+        async with self._engine(f"create container {name}") as docker:
+            container = await docker.containers.create(container_config(spec), name=name)
+            data = await container.show()
+        return container_info(data)
+
+    async def start(self, container_id: str) -> None:
+        async with self._engine(f"start container {container_id}") as docker:
+            await docker.containers.container(container_id).start()
+
+    # The contract names the engine's grace period before it kills "timeout".
+    async def stop(self, container_id: str, timeout: float = 10) -> None:  # noqa: ASYNC109
+        # The request must outlive that grace period.
+        async with self._engine(
+            f"stop container {container_id}", absent_ok=True, limit=timeout + self._api_timeout
+        ) as docker:
+            await docker.containers.container(container_id).stop(t=max(0, round(timeout)))
+
+    async def remove(self, container_id: str) -> None:
+        async with self._engine(f"remove container {container_id}", absent_ok=True) as docker:
+            # v=True drops anonymous volumes the image declared; binds are never touched.
+            await docker.containers.container(container_id).delete(force=True, v=True)
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        async with self._engine(f"inspect container {container_id}", absent_ok=True) as docker:
+            return container_info(await docker.containers.container(container_id).show())
+        return None
+
+    async def list_managed(self) -> list[ContainerInfo]:
+        filters = {"label": [f"{LABEL_MANAGED}=true"]}
+        async with self._engine("list corral's containers") as docker:
+            containers = await docker.containers.list(all=True, filters=filters)
+        # aiodocker keeps each list entry, unchanged, as the container object's data.
+        return [listed_container_info(c._container) for c in containers]
+
+    async def image_exists(self, image: str) -> bool:
+        async with self._engine(f"inspect image {image}", absent_ok=True) as docker:
+            await docker.images.inspect(image)
+            return True
+        return False
+
+    async def refresh_image(self, image: str) -> None:
+        try:
+            async with self._engine(f"pull image {image}", limit=self._pull_timeout) as docker:
+                await docker.images.pull(image)
+            return
+        except BackendError as exc:
+            # Offline machines and local-only images are normal: the local copy will do.
+            log.info("image_pull_failed", image=image, error=exc.message)
+            pull_error = exc.message
+        if not await self.image_exists(image):
+            raise ImageNotFound(
+                f"image {image} is not present and could not be pulled",
+                details={"image": image, "pull_error": pull_error},
+            )
+
+    async def resize(self, container_id: str, cols: int, rows: int) -> None:
+        """Set the container's TTY size; a container that is gone has nothing to resize."""
+        async with self._engine(f"resize container {container_id}", absent_ok=True) as docker:
+            await docker.containers.container(container_id).resize(h=rows, w=cols)
+
+    async def close(self) -> None:
+        docker, self._docker = self._docker, None
+        if docker is not None:
+            await docker.close()
+
+    # -- the engine client and its failures -------------------------------------------------
+
+    def _client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            try:
+                self._docker = aiodocker.Docker(url=self._url, api_version="auto")
+            # With no url, aiodocker asserts that it found a socket (ValueError under -O).
+            except (AssertionError, ValueError, aiodocker.DockerError) as exc:
+                raise BackendUnavailable(
+                    "no Docker engine found", details={"url": self._url, "error": str(exc)}
+                ) from exc
+        return self._docker
+
+    async def _discard(self, docker: aiodocker.Docker) -> None:
+        # An engine that went away may come back as another version (or at another socket when
+        # the url is discovered), so the next call builds a new client and negotiates again.
+        if self._docker is docker:
+            self._docker = None
+        await docker.close()
+
+    def _engine(
+        self, action: str, *, absent_ok: bool = False, limit: float | None = None
+    ) -> _Exchange:
+        seconds = self._api_timeout if limit is None else limit
+        return _Exchange(self, action, absent_ok=absent_ok, seconds=seconds)
+
+
+class _Exchange:
+    """One exchange with the engine, its failures translated into the contract's errors.
+
+    With ``absent_ok``, "no such object" (404) and "removal already in progress" (409) end
+    the ``async with`` block quietly, so the caller's code after the block gives the absent
+    answer. A class rather than a generator so type checkers know the block may be skipped.
+    """
+
+    def __init__(
+        self, backend: DockerBackend, action: str, *, absent_ok: bool, seconds: float
+    ) -> None:
+        self._backend = backend
+        self._action = action
+        self._absent_ok = absent_ok
+        self._seconds = seconds
+        self._deadline = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> aiodocker.Docker:
+        self._docker = self._backend._client()
+        await self._deadline.__aenter__()
+        return self._docker
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        url = self._backend._url
+        try:
+            await self._deadline.__aexit__(exc_type, exc, tb)
+        except TimeoutError as expired:
+            raise _silent(self._action, url, self._seconds) from expired
+        if exc is None:
+            return False
+        if isinstance(exc, TimeoutError):  # aiohttp's own deadline; also an OSError, so first
+            raise _silent(self._action, url, self._seconds) from exc
+        if self._lost_engine(exc):
+            await self._backend._discard(self._docker)
+            raise _unavailable(self._action, url, exc) from exc
+        if isinstance(exc, aiodocker.DockerError):
+            if self._absent_ok and _is_absent(exc):
+                return True
+            raise _refused(self._action, exc) from exc
+        return False
+
+    def _lost_engine(self, exc: BaseException) -> bool:
+        if isinstance(exc, aiodocker.DockerError):
+            return exc.status == _NO_CONNECTION
+        # A client discarded by a concurrent call (the engine went away) refuses new requests
+        # with a bare RuntimeError; that is the same outage, seen a moment later.
+        if isinstance(exc, RuntimeError):
+            return bool(self._docker.session.closed)
+        return isinstance(exc, aiohttp.ClientError | OSError)
+
+
+def _silent(action: str, url: str | None, seconds: float) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"Docker engine did not answer within {seconds:g} s: {action}",
+        details={"url": url, "timeout": seconds},
+    )
+
+
+def _unavailable(action: str, url: str | None, exc: BaseException) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"Docker engine is not reachable: {action}", details={"url": url, "error": str(exc)}
+    )
+
+
+def _is_absent(exc: aiodocker.DockerError) -> bool:
+    return exc.status == 404 or (exc.status == 409 and "already in progress" in exc.message)
+
+
+def _refused(action: str, exc: aiodocker.DockerError) -> BackendError:
+    details = {"status": exc.status, "message": exc.message}
+    if exc.status == 404 and "no such image" in exc.message.lower():
+        return ImageNotFound(f"cannot {action}: {exc.message}", details=details)
+    return BackendError(f"cannot {action}: {exc.message}", details=details)
+
+
+# -- translations between the contract's types and the Engine API's JSON ------------------
+
+
+def container_config(spec: ContainerSpec) -> dict[str, Any]:
+    """The Engine API body for creating ``spec``'s container (not started)."""
+    host_config: dict[str, Any] = {
+        # An init reaps the agent's orphaned children and forwards stop signals to it.
+        "Init": True,
+        # Mounts, not Binds: a missing source is an error instead of a new root-owned dir.
+        "Mounts": [
+            {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+            for m in spec.mounts
+        ],
+        "NetworkMode": spec.network_mode,
+        # The reconciler restarts sessions itself, with back-off and a record of why.
+        "RestartPolicy": {"Name": "no"},
+    }
+    if spec.cpu_limit is not None:
+        host_config["NanoCpus"] = round(spec.cpu_limit * 1_000_000_000)
+    if spec.memory_limit is not None:
+        host_config["Memory"] = spec.memory_limit
+    config: dict[str, Any] = {
+        "Image": spec.image,
+        "WorkingDir": spec.working_dir,
+        "Env": [f"{key}={value}" for key, value in spec.env.items()],
+        "Labels": {
+            LABEL_MANAGED: "true",
+            LABEL_SESSION_ID: spec.session_id,
+            LABEL_DAEMON_INSTANCE: spec.daemon_instance,
+        },
+        # A TTY with stdin kept open lets the console attach, detach and reattach any time.
+        "Tty": True,
+        "OpenStdin": True,
+        "StdinOnce": False,
+        "AttachStdin": True,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "HostConfig": host_config,
+    }
+    if spec.user is not None:
+        config["User"] = spec.user
+    if spec.command is not None:
+        config["Cmd"] = list(spec.command)
+    return config
+
+
+def _state(status: str) -> ContainerState:
+    try:
+        return ContainerState(status)
+    except ValueError:
+        # A status newer than this code: report it as beyond repair rather than running.
+        log.warning("unknown_container_status", status=status)
+        return ContainerState.DEAD
+
+
+def _time(value: object) -> str | None:
+    return value if isinstance(value, str) and value and value != _ZERO_TIME else None
+
+
+def container_info(data: Mapping[str, Any]) -> ContainerInfo:
+    """A ContainerInfo from the engine's full inspection (``GET /containers/{id}/json``)."""
+    state = data.get("State") or {}
+    config = data.get("Config") or {}
+    labels = dict(config.get("Labels") or {})
+    status = _state(str(state.get("Status", "")))
+    # The engine reports 0 for a container that never ran; only an ended one has an exit code.
+    ended = status in (ContainerState.EXITED, ContainerState.DEAD)
+    return ContainerInfo(
+        id=str(data["Id"]),
+        name=str(data.get("Name", "")).lstrip("/"),
+        state=status,
+        session_id=labels.get(LABEL_SESSION_ID),
+        image=str(config.get("Image") or data.get("Image") or ""),
+        exit_code=int(state.get("ExitCode", 0)) if ended else None,
+        error=state.get("Error") or None,
+        restart_count=int(data.get("RestartCount") or 0),
+        started_at=_time(state.get("StartedAt")),
+        finished_at=_time(state.get("FinishedAt")),
+        oom_killed=bool(state.get("OOMKilled")),
+        labels=labels,
+    )
+
+
+def listed_container_info(data: Mapping[str, Any]) -> ContainerInfo:
+    """A ContainerInfo from one entry of ``GET /containers/json``, which has no timestamps."""
+    labels = dict(data.get("Labels") or {})
+    names = data.get("Names") or [""]
+    # The list gives the exit code only inside its human status text, "Exited (137) 2 s ago".
+    exited = _EXITED_STATUS.match(str(data.get("Status", "")))
+    return ContainerInfo(
+        id=str(data["Id"]),
+        name=str(names[0]).lstrip("/"),
+        state=_state(str(data.get("State", ""))),
+        session_id=labels.get(LABEL_SESSION_ID),
+        image=str(data.get("Image", "")),
+        exit_code=int(exited.group(1)) if exited else None,
+        labels=labels,
+    )

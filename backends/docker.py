@@ -109,12 +109,16 @@ class DockerBackend(Backend):
         return [listed_container_info(c._container) for c in containers]
 
     async def image_exists(self, image: str) -> bool:
+        if not image:  # the engine would answer an empty name with a redirect, not a 404
+            return False
         async with self._engine(f"inspect image {image}", absent_ok=True) as docker:
             await docker.images.inspect(image)
             return True
         return False
 
     async def refresh_image(self, image: str) -> None:
+        if not image:
+            raise ImageNotFound("no image named", details={"image": image})
         try:
             async with self._engine(f"pull image {image}", limit=self._pull_timeout) as docker:
                 await docker.images.pull(image)

@@ -335,6 +335,9 @@ async def test_refresh_image_without_a_local_copy_is_image_not_found(
         await backend.refresh_image(image)
 
     assert "connection refused" in caught.value.details["pull_error"]
+    with pytest.raises(ImageNotFound):
+        await backend.refresh_image("")
+    assert not await backend.image_exists("")
 
 
 async def test_resize_sets_the_tty_size(

@@ -75,7 +75,7 @@ class ContainerSpec:
     cpu_limit: float | None = None  # cores
     memory_limit: int | None = None  # bytes
     network_mode: str = "bridge"
-    daemon_instance: str = ""
+    daemon_instance: str = ""  # the owning daemon's data dir: one engine, several daemons
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class Backend(abc.ABC):
         """Start a created or stopped container; a running one is success."""
 
     @abc.abstractmethod
-    async def stop(self, container_id: str, timeout: float = 10) -> None:
+    async def stop(self, container_id: str, timeout: float = 10) -> None:  # noqa: ASYNC109
         """Stop the container; stopped or missing is success."""
 
     @abc.abstractmethod

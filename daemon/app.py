@@ -41,7 +41,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _backends_ctx(app: web.Application) -> AsyncIterator[None]:
     if BACKENDS not in app:
         docker = app[SETTINGS].docker
-        app[BACKENDS] = {"docker": DockerBackend(docker.url or None, api_timeout=docker.api_timeout)}
+        backends: dict[str, Backend] = {
+            "docker": DockerBackend(docker.url or None, api_timeout=docker.api_timeout)
+        }
+        app[BACKENDS] = backends
     yield
     for backend in app[BACKENDS].values():
         await backend.close()

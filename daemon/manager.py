@@ -206,9 +206,9 @@ class SessionManager:
             await self.store.end_operation(op["id"], "interrupted", "the daemon stopped")
             interrupted[op["session_id"]] = op
         for session_id, op in interrupted.items():
-            record = self.records.get(session_id)
-            if record is None:
+            if session_id not in self.records:
                 continue
+            record = self.records[session_id]
             log.warning(
                 "operation_interrupted", session_id=session_id, kind=op["kind"], step=op["step"]
             )
@@ -399,13 +399,19 @@ class SessionManager:
             await op.step("home", "Preparing the agent home")
             await asyncio.to_thread(self.agent_home(record.id).mkdir, parents=True, exist_ok=True)
             await self._launch(record, op)
+            await self._mark_running(record)
+            await self.store.end_operation(op_id, "done")
         except Exception as exc:
             error = api_error(exc)
             log_.warning("create_failed", error=error.message, details=error.details)
             await self._undo_create(record, made_worktrees)
+            self._busy.discard(record.id)
             await self._fail(record, op_id, error.message)
         else:
-            await self.store.end_operation(op_id, "done")
+            # Free the session before it shows as running, so a client that sees
+            # "running" can act on it at once.
+            self._busy.discard(record.id)
+            await self._mark_running(record)
             log_.info("session_created", name=record.name)
         finally:
             self._busy.discard(record.id)
@@ -465,7 +471,7 @@ class SessionManager:
             cpu_limit=docker.cpu_limit or None,
             memory_limit=docker.memory_limit_mb * 1024 * 1024 or None,
             network_mode=docker.network_mode,
-            daemon_instance=self.settings.server.host + ":" + str(self.settings.server.port),
+            daemon_instance=str(self.settings.data_dir),
         )
 
     async def _launch(self, record: SessionRecord, op: _Operation) -> None:
@@ -477,6 +483,8 @@ class SessionManager:
         await self.save(record, "container_id")
         await op.step("start", "Starting the container")
         await backend.start(info.id)
+
+    async def _mark_running(self, record: SessionRecord) -> None:
         record.status = SessionStatus.RUNNING
         record.progress = None
         record.error_message = None
@@ -620,11 +628,7 @@ class SessionManager:
             await op.step("start", "Starting the container")
             assert record.container_id is not None
             await self.backend_for(record).start(record.container_id)
-            record.status = SessionStatus.RUNNING
-            record.progress = None
-            record.error_message = None
-            await self.save(record, "status", "progress", "error_message")
-            await self.publish_status(record)
+            await self._mark_running(record)
 
         record = self.get(session_id)
         await self._run_action(record, Action.START, body, total=1)
@@ -655,6 +659,7 @@ class SessionManager:
             record.archived_at = None
             await self.save(record, "archived", "archived_at")
             await self._launch(record, op)
+            await self._mark_running(record)
 
         record = self.get(session_id)
         await self._run_action(record, Action.UNARCHIVE, body, total=3)
@@ -673,6 +678,7 @@ class SessionManager:
                 await self._ensure_worktrees(record)
             await asyncio.to_thread(self.agent_home(record.id).mkdir, parents=True, exist_ok=True)
             await self._launch(record, op)
+            await self._mark_running(record)
 
         record = self.get(session_id)
         action = Action.RECREATE_FRESH if fresh else Action.RECREATE
@@ -688,6 +694,7 @@ class SessionManager:
             await self.save(record, "container_id")
             await self._ensure_worktrees(record)
             await self._launch(record, op)
+            await self._mark_running(record)
 
         record = self.get(session_id)
         await self._run_action(record, Action.REFRESH, body, total=4)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from daemon.app import create_app
+from daemon.keys import TASKS
+from daemon.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_LABEL = "corral.test"
@@ -65,3 +72,77 @@ def _git_identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("GIT_COMMITTER_NAME", "corral test")
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
     yield
+
+
+# --- the daemon under test -------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path, busybox_image: str) -> Settings:
+    """Settings for one test's daemon: its own data dir, the busybox image, no network."""
+    return Settings.model_validate(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "docker": {"default_image": busybox_image, "network_mode": "none"},
+            "sessions": {"git_timeout": 30},
+        }
+    )
+
+
+def sweep_containers(data_dir: Path) -> None:
+    """Remove every container the test's daemon made, found by its instance label."""
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=corral.daemon_instance={data_dir}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Settings) -> AsyncIterator[Any]:
+    app = create_app(settings)
+    test_client = await aiohttp_client(app)
+    try:
+        yield test_client
+    finally:
+        await app[TASKS].wait(timeout=30)
+        sweep_containers(settings.data_dir)
+
+
+async def wait_for(
+    client: Any, session_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
+) -> dict[str, Any]:
+    """Poll the session until ``predicate`` holds; fail with the last state otherwise."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    session: dict[str, Any] = {}
+    while asyncio.get_running_loop().time() < deadline:
+        response = await client.get(f"/api/sessions/{session_id}")
+        if response.status == 404:
+            session = {"status": "gone"}
+        else:
+            session = (await response.json())["session"]
+        if predicate(session):
+            return session
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"session {session_id} did not reach the state; last: {session}")
+
+
+async def create_running(client: Any, repo: Path, **body: Any) -> dict[str, Any]:
+    response = await client.post(
+        "/api/sessions", json={"repo_path": str(repo), "prompt": "do it", **body}
+    )
+    assert response.status == 201, await response.text()
+    created = (await response.json())["session"]
+    return await wait_for(client, created["id"], lambda s: s["status"] != "creating")
+
+
+def container_state(container_id: str) -> dict[str, Any]:
+    out = subprocess.run(
+        ["docker", "inspect", container_id], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        return {}
+    return dict(json.loads(out.stdout)[0])

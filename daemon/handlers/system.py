@@ -19,8 +19,13 @@ async def health(request: web.Request) -> web.Response:
     docker = DockerStatus(
         available=bool(info and info.available), version=info.version if info else None
     )
-    status = "healthy" if docker.available else "degraded"
-    return dump(DaemonHealth(status=status, version=__version__, docker=docker))
+    return dump(
+        DaemonHealth(
+            status="healthy" if docker.available else "degraded",
+            version=__version__,
+            docker=docker,
+        )
+    )
 
 
 @ROUTES.route("GET", "/api/config", "The effective configuration, secrets redacted",

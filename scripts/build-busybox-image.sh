@@ -5,7 +5,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bb=/bin/busybox
 [ -x "$bb" ] || { echo "busybox-static is not installed" >&2; exit 1; }
-hash=$( (sha256sum "$bb" "$here/tests/images/busybox/Dockerfile" "$0" | sha256sum) | cut -c1-12)
+# hash the contents only, never the paths: the same tag however and wherever it is called
+hash=$(cat "$bb" "$here/tests/images/busybox/Dockerfile" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)
 tag="corral-test-busybox:$hash"
 if docker image inspect "$tag" >/dev/null 2>&1; then echo "$tag"; exit 0; fi
 ctx=$(mktemp -d)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from daemon.errors import (
     ApiError,
@@ -63,6 +64,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return json_error(_from_http_exception(request, exc))
+    except HttpProcessingError as exc:
+        # A body aiohttp could not parse (a multipart part with a NUL in a header, say).
+        return json_error(InvalidRequest(f"malformed request body: {exc.message}"))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:

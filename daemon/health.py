@@ -87,7 +87,10 @@ def assess(record: SessionRecord, seen: Observation | None) -> tuple[Health, dic
         return Health.ARCHIVED, details
     if record.status in (SessionStatus.CREATING, SessionStatus.DELETING):
         details["operation"] = record.status.value
-        return Health.STARTING if record.status is SessionStatus.CREATING else Health.STOPPED, details
+        return (
+            Health.STARTING if record.status is SessionStatus.CREATING else Health.STOPPED,
+            details,
+        )
     if seen is None:
         return stored_health(record), details
     if record.status is SessionStatus.FAILED:

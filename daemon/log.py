@@ -34,7 +34,9 @@ class SecretScrubber:
         return event
 
 
-def configure_logging(level: str = "info", fmt: str = "console", secrets: Iterable[str] = ()) -> None:
+def configure_logging(
+    level: str = "info", fmt: str = "console", secrets: Iterable[str] = ()
+) -> None:
     """Configure structlog (and stdlib logging, for aiohttp's own records) once at start."""
     renderer: Any = (
         structlog.processors.JSONRenderer()

@@ -156,9 +156,7 @@ class SessionManager:
             health=stored_health(record),
         )
 
-    def query(
-        self, *, include_archived: bool, status: SessionStatus | None
-    ) -> list[SessionRecord]:
+    def query(self, *, include_archived: bool, status: SessionStatus | None) -> list[SessionRecord]:
         """Matching sessions, newest first."""
         found = [
             r
@@ -422,15 +420,11 @@ class SessionManager:
             await self._remove_containers(record)
         for repo in made:
             try:
-                await worktrees.remove_worktree(
-                    repo.path, repo.worktree_path, timeout=self.settings.sessions.git_timeout
-                )
+                await self._remove_worktree(repo)
             except worktrees.GitError as exc:
                 log.warning("undo_worktree_failed", session_id=record.id, error=exc.message)
         with contextlib.suppress(OSError):
-            await asyncio.to_thread(
-                lambda: (self.worktrees_dir / record.name).rmdir()
-            )
+            await asyncio.to_thread(lambda: (self.worktrees_dir / record.name).rmdir())
 
     async def _fail(self, record: SessionRecord, op_id: int | None, message: str) -> None:
         record.status = SessionStatus.FAILED
@@ -447,9 +441,7 @@ class SessionManager:
         mounts: list[Mount] = []
         git_dirs: set[str] = set()
         for repo in record.repositories:
-            target = (
-                CONTAINER_WORKSPACE if repo.is_primary else f"/repos/{repo.mount_name}"
-            )
+            target = CONTAINER_WORKSPACE if repo.is_primary else f"/repos/{repo.mount_name}"
             mounts.append(Mount(repo.worktree_path, target))
             # The worktree's .git file names the main repository's .git by its host path.
             git_dirs.add(str(Path(repo.path) / ".git"))
@@ -642,9 +634,7 @@ class SessionManager:
             record.archived_at = utcnow()
             record.status = SessionStatus.STOPPED
             record.progress = None
-            await self.save(
-                record, "archived", "archived_at", "status", "progress", "container_id"
-            )
+            await self.save(record, "archived", "archived_at", "status", "progress", "container_id")
             await self.publish_status(record)
 
         record = self.get(session_id)
@@ -706,9 +696,7 @@ class SessionManager:
             await worktrees.remove_worktree(repo.path, repo.worktree_path, timeout=timeout)
             kept = await worktrees.archive_branch(repo.path, repo.branch_name, timeout=timeout)
             if kept:
-                log.info(
-                    "previous_commits_kept", session_id=record.id, branch=kept, repo=repo.path
-                )
+                log.info("previous_commits_kept", session_id=record.id, branch=kept, repo=repo.path)
             else:
                 await worktrees.reset_branch(
                     repo.path, repo.branch_name, repo.base_branch, timeout=timeout
@@ -720,9 +708,11 @@ class SessionManager:
     async def update_metadata(self, session_id: str, update: MetadataUpdate) -> SessionRecord:
         record = self.get(session_id)
         changed = update.model_dump(exclude_unset=True, exclude_none=True)
-        if "name" in changed and changed["name"] != record.name:
-            if any(r.name == changed["name"] for r in self.records.values()):
-                raise Conflict(f"a session named '{changed['name']}' already exists")
+        new_name = changed.get("name")
+        if new_name not in (None, record.name) and any(
+            r.name == new_name for r in self.records.values()
+        ):
+            raise Conflict(f"a session named '{new_name}' already exists")
         for key, value in changed.items():
             setattr(record, key, value)
         if changed:
@@ -791,14 +781,13 @@ class SessionManager:
     async def _run_delete(self, record: SessionRecord) -> None:
         op_id = await self.store.begin_operation(record.id, "delete", "begin")
         op = _Operation(self, record, op_id, total=3)
-        timeout = self.settings.sessions.git_timeout
         try:
             await op.step("remove_container", "Removing the container")
             if record.container_id or not record.archived:
                 await self._remove_containers(record)
             await op.step("remove_worktrees", "Removing the worktrees (branches are kept)")
             for repo in record.repositories:
-                await worktrees.remove_worktree(repo.path, repo.worktree_path, timeout=timeout)
+                await self._remove_worktree(repo)
             await asyncio.to_thread(self._remove_session_files, record)
             await op.step("forget", "Removing the record")
             await self.hub.publish("session_deleted", record.id)
@@ -814,6 +803,18 @@ class SessionManager:
             await self._fail(record, op_id, f"delete failed: {error.message}")
         finally:
             self._busy.discard(record.id)
+
+    async def _remove_worktree(self, repo: Repository) -> None:
+        """Remove one worktree; if its repository is gone, remove our folder by hand."""
+        if await asyncio.to_thread(Path(repo.path).is_dir):
+            await worktrees.remove_worktree(
+                repo.path, repo.worktree_path, timeout=self.settings.sessions.git_timeout
+            )
+            return
+        folder = Path(repo.worktree_path)
+        if folder.is_relative_to(self.worktrees_dir):
+            log.warning("repository_gone", repo=repo.path, worktree=repo.worktree_path)
+            await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
     def _remove_session_files(self, record: SessionRecord) -> None:
         shutil.rmtree(self.session_dir(record.id), ignore_errors=True)

@@ -126,9 +126,7 @@ def _is_upgrade(request: web.Request) -> bool:
 
 def origin_middleware(policy: OriginPolicy) -> web.middleware:  # type: ignore[valid-type]
     @web.middleware
-    async def check_host_and_origin(
-        request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
+    async def check_host_and_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not policy.host_allowed(request.headers.get("Host")):
             log.warning("host_refused", host=request.headers.get("Host"), path=request.path)
             raise Forbidden("Host not allowed")

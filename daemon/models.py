@@ -7,7 +7,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 MOUNT_NAME_RE = r"^[a-z0-9_-]{1,64}$"
 SESSION_NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"

@@ -109,7 +109,7 @@ def _document(specs: tuple[RouteSpec, ...]) -> dict[str, Any]:
             "title": "corral",
             "version": __version__,
             "description": "Run AI coding agents in isolated containers on git worktrees. "
-            "Errors are always {\"error\": {\"code\", \"message\", \"details\"}}.",
+            'Errors are always {"error": {"code", "message", "details"}}.',
         },
         "paths": paths,
         "components": {"schemas": components},

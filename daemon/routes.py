@@ -88,8 +88,9 @@ async def read_body(request: web.Request, model: type[M], *, optional: bool = Fa
         return model.model_validate(data)
     except ValidationError as exc:
         details = validation_details(exc)
-        raise InvalidRequest(f"invalid request: {details[0]['field']}: {details[0]['message']}",
-                             details) from exc  # fmt: skip
+        raise InvalidRequest(
+            f"invalid request: {details[0]['field']}: {details[0]['message']}", details
+        ) from exc
 
 
 def read_query(request: web.Request, model: type[M]) -> M:
@@ -97,8 +98,9 @@ def read_query(request: web.Request, model: type[M]) -> M:
         return model.model_validate(dict(request.query))
     except ValidationError as exc:
         details = validation_details(exc)
-        raise InvalidRequest(f"invalid query: {details[0]['field']}: {details[0]['message']}",
-                             details) from exc  # fmt: skip
+        raise InvalidRequest(
+            f"invalid query: {details[0]['field']}: {details[0]['message']}", details
+        ) from exc
 
 
 ROUTES = RouteTable()

@@ -213,8 +213,10 @@ class Store:
         statements: list[tuple[str, Iterable[Any]]] = [
             (
                 f"INSERT INTO sessions ({columns}) VALUES ({marks})",  # noqa: S608 - fixed names
-                [_to_column(c, getattr(record, c) if c == "progress" else data[c])
-                 for c in _SESSION_COLUMNS],
+                [
+                    _to_column(c, getattr(record, c) if c == "progress" else data[c])
+                    for c in _SESSION_COLUMNS
+                ],
             )
         ]
         statements += self._repository_rows(record)

@@ -26,12 +26,12 @@ class TaskSupervisor:
         if not task.cancelled() and task.exception() is not None:
             log.error("background_task_failed", task=task.get_name(), exc_info=task.exception())
 
-    async def wait(self, timeout: float | None = None) -> None:
+    async def wait(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a grace period, not a cancel scope
         """Let running work finish (used by tests and graceful shutdown)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
 
-    async def close(self, timeout: float) -> None:
+    async def close(self, timeout: float) -> None:  # noqa: ASYNC109 - a grace period
         """Give tasks ``timeout`` seconds to finish, then cancel what is left and await it."""
         if not self._tasks:
             return

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +65,12 @@ def git() -> object:
 
 
 @pytest.fixture(autouse=True)
-def _git_identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     # Commits made by the daemon or tests must not depend on the machine's git config.
     monkeypatch.setenv("GIT_AUTHOR_NAME", "corral test")
     monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.invalid")
     monkeypatch.setenv("GIT_COMMITTER_NAME", "corral test")
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
-    yield
 
 
 # --- the daemon under test -------------------------------------------------------------

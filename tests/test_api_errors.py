@@ -176,9 +176,7 @@ async def test_unknown_session_id(client: Any, method: str) -> None:
     "action", ["archive", "unarchive", "start", "recreate", "recreate-fresh", "refresh", "cleanup"]
 )
 async def test_unknown_session_for_actions(client: Any, action: str) -> None:
-    await error_of(
-        await client.post(f"/api/sessions/{UNKNOWN}/{action}"), 404, "SESSION_NOT_FOUND"
-    )
+    await error_of(await client.post(f"/api/sessions/{UNKNOWN}/{action}"), 404, "SESSION_NOT_FOUND")
 
 
 async def test_unknown_session_for_health_metadata_upload(client: Any) -> None:
@@ -219,7 +217,9 @@ async def test_malformed_json_and_non_object(client: Any, settings: Any) -> None
 async def test_body_over_one_mebibyte(client: Any, git_repo: Path, settings: Any) -> None:
     huge = json.dumps({"repo_path": str(git_repo), "prompt": "x" * (1024 * 1024 + 10)})
     response = await client.post(
-        "/api/sessions", data=io.BytesIO(huge.encode()), headers={"Content-Type": "application/json"}
+        "/api/sessions",
+        data=io.BytesIO(huge.encode()),
+        headers={"Content-Type": "application/json"},
     )
     await error_of(response, 413, "PAYLOAD_TOO_LARGE")
     await assert_nothing_created(client, settings)
@@ -277,8 +277,8 @@ def raw_multipart(filename: str, content: bytes) -> tuple[bytes, str]:
     """A multipart body with the filename exactly as given (clients would escape it)."""
     boundary = "corralboundary"
     head = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-        f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
     ).encode()
     body = head + content + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
@@ -312,7 +312,7 @@ async def test_upload_writes_plain_names_and_refuses_escapes(
     # A symlink already standing at the name is replaced, never written through.
     outside = tmp_path / "outside.txt"
     outside.write_text("untouched")
-    os.symlink(outside, worktree / "link.txt")
+    (worktree / "link.txt").symlink_to(outside)
     form = FormData()
     form.add_field("file", b"new", filename="link.txt")
     assert (await client.post(url, data=form)).status == 200
@@ -321,9 +321,7 @@ async def test_upload_writes_plain_names_and_refuses_escapes(
 
 
 @pytest.mark.docker
-async def test_upload_over_limits(
-    aiohttp_client: Any, settings: Any, git_repo: Path
-) -> None:
+async def test_upload_over_limits(aiohttp_client: Any, settings: Any, git_repo: Path) -> None:
     settings.uploads.max_bytes = 1000
     settings.uploads.max_files = 3
     app = create_app(settings)
@@ -365,7 +363,9 @@ async def test_browse_directory(client: Any, tmp_path: Path) -> None:
     assert ".hidden" not in [n for n, _, _ in names]
     assert body["parent"] == str(tmp_path.parent)
     shown = await (
-        await client.post("/api/browse-directory", json={"path": str(tmp_path), "show_hidden": True})
+        await client.post(
+            "/api/browse-directory", json={"path": str(tmp_path), "show_hidden": True}
+        )
     ).json()
     assert ".hidden" in [e["name"] for e in shown["entries"]]
     # ".." is resolved, not trusted.

@@ -304,5 +304,6 @@ async def test_progress_is_published_in_order(client: Any, git_repo: Path) -> No
     steps = [e["progress"]["step"] for e in mine if e["type"] == "session_progress"]
     assert steps == [1, 2, 3, 4]
     seqs = [e["seq"] for e in mine]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
     assert mine[-1]["status"] == "running"

@@ -16,7 +16,13 @@ from aiohttp import BodyPartReader, web
 
 from daemon.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from daemon.keys import MANAGER, SETTINGS
-from daemon.models import BrowseRequest, BrowseResponse, DirectoryEntry, UploadedFile, UploadResponse
+from daemon.models import (
+    BrowseRequest,
+    BrowseResponse,
+    DirectoryEntry,
+    UploadedFile,
+    UploadResponse,
+)
 from daemon.routes import ROUTES, dump, read_body
 
 MAX_ENTRIES = 5000
@@ -45,7 +51,7 @@ def _list_directory(request: BrowseRequest) -> BrowseResponse:
             is_dir = child.is_dir()
         except OSError:
             continue
-        is_repo = is_dir and os.path.exists(os.path.join(child.path, ".git"))
+        is_repo = is_dir and (Path(child.path) / ".git").exists()
         entries.append(
             DirectoryEntry(name=child.name, path=child.path, is_dir=is_dir, is_git_repo=is_repo)
         )
@@ -54,9 +60,15 @@ def _list_directory(request: BrowseRequest) -> BrowseResponse:
     return BrowseResponse(path=str(path), parent=parent, entries=entries[:MAX_ENTRIES])
 
 
-@ROUTES.route("POST", "/api/browse-directory", "List a directory to pick a repository",
-              body=BrowseRequest, response=BrowseResponse, errors=(400, 403, 404),
-              tags=("files",))  # fmt: skip
+@ROUTES.route(
+    "POST",
+    "/api/browse-directory",
+    "List a directory to pick a repository",
+    body=BrowseRequest,
+    response=BrowseResponse,
+    errors=(400, 403, 404),
+    tags=("files",),
+)
 async def browse_directory(request: web.Request) -> web.Response:
     body = await read_body(request, BrowseRequest)
     return dump(await asyncio.to_thread(_list_directory, body))
@@ -86,11 +98,17 @@ def _target_directory(worktree: str, subdir: str) -> Path:
     return target
 
 
-@ROUTES.route("POST", "/api/sessions/{session_id}/upload",
-              "Upload files into the session's working directory", multipart=True,
-              response=UploadResponse, errors=(400, 404, 413), tags=("files",),
-              description="Plain file names only; an existing file of that name is replaced "
-              "(a symlink is replaced, never followed).")  # fmt: skip
+@ROUTES.route(
+    "POST",
+    "/api/sessions/{session_id}/upload",
+    "Upload files into the session's working directory",
+    multipart=True,
+    response=UploadResponse,
+    errors=(400, 404, 413),
+    tags=("files",),
+    description="Plain file names only; an existing file of that name is replaced "
+    "(a symlink is replaced, never followed).",
+)
 async def upload(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     limits = request.app[SETTINGS].uploads
@@ -147,4 +165,4 @@ def _commit(moves: list[tuple[Path, Path]]) -> None:
         _discard([temp for temp, _ in moves])
         raise InvalidRequest(f"{clash[0]} is a directory in the working directory")
     for temp, final in moves:
-        os.replace(temp, final)
+        temp.replace(final)

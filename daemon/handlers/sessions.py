@@ -46,8 +46,15 @@ def _session(request: web.Request, manager: SessionManager) -> web.Response:
     return dump(SessionEnvelope(session=manager.to_api(record)))
 
 
-@ROUTES.route("GET", "/api/sessions", "List sessions, newest first", query=ListQuery,
-              response=SessionList, errors=(400,), tags=TAGS)  # fmt: skip
+@ROUTES.route(
+    "GET",
+    "/api/sessions",
+    "List sessions, newest first",
+    query=ListQuery,
+    response=SessionList,
+    errors=(400,),
+    tags=TAGS,
+)
 async def list_sessions(request: web.Request) -> web.Response:
     query = read_query(request, ListQuery)
     manager = _manager(request)
@@ -57,20 +64,29 @@ async def list_sessions(request: web.Request) -> web.Response:
     if body is None:
         found = manager.query(include_archived=query.include_archived, status=query.status)
         page = found[query.offset : query.offset + query.limit]
-        body = SessionList(
-            sessions=[manager.to_api(r) for r in page], total=len(found)
-        ).model_dump_json().encode()
+        body = (
+            SessionList(sessions=[manager.to_api(r) for r in page], total=len(found))
+            .model_dump_json()
+            .encode()
+        )
         if len(cache) > 64 or any(k[0] != manager.version for k in cache):
             cache.clear()
         cache[key] = body
     return web.Response(body=body, content_type="application/json")
 
 
-@ROUTES.route("POST", "/api/sessions", "Create a session; the work continues in the background",
-              body=CreateSessionRequest, response=SessionEnvelope, status=201,
-              errors=(400, 409, 413, 503), tags=TAGS,
-              description="Answers at once with status 'creating'; progress and the final "
-              "status arrive as session_progress and session_status events.")  # fmt: skip
+@ROUTES.route(
+    "POST",
+    "/api/sessions",
+    "Create a session; the work continues in the background",
+    body=CreateSessionRequest,
+    response=SessionEnvelope,
+    status=201,
+    errors=(400, 409, 413, 503),
+    tags=TAGS,
+    description="Answers at once with status 'creating'; progress and the final "
+    "status arrive as session_progress and session_status events.",
+)
 async def create_session(request: web.Request) -> web.Response:
     body = await read_body(request, CreateSessionRequest)
     manager = _manager(request)
@@ -78,8 +94,14 @@ async def create_session(request: web.Request) -> web.Response:
     return dump(SessionEnvelope(session=manager.to_api(record)), status=201)
 
 
-@ROUTES.route("GET", SESSION, "Get a session with its chat history",
-              response=SessionDetailEnvelope, errors=(404,), tags=TAGS)  # fmt: skip
+@ROUTES.route(
+    "GET",
+    SESSION,
+    "Get a session with its chat history",
+    response=SessionDetailEnvelope,
+    errors=(404,),
+    tags=TAGS,
+)
 async def get_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     record = manager.get(request.match_info["session_id"])
@@ -94,18 +116,37 @@ async def _update_metadata(request: web.Request) -> web.Response:
     return dump(SessionEnvelope(session=manager.to_api(record)))
 
 
-ROUTES.route("PATCH", f"{SESSION}/metadata", "Change name, description or tags",
-             body=MetadataUpdate, response=SessionEnvelope, errors=(400, 404, 409),
-             tags=TAGS)(_update_metadata)  # fmt: skip
-ROUTES.route("POST", f"{SESSION}/metadata", "Change name, description or tags (POST form)",
-             body=MetadataUpdate, response=SessionEnvelope, errors=(400, 404, 409),
-             tags=TAGS)(_update_metadata)  # fmt: skip
+ROUTES.route(
+    "PATCH",
+    f"{SESSION}/metadata",
+    "Change name, description or tags",
+    body=MetadataUpdate,
+    response=SessionEnvelope,
+    errors=(400, 404, 409),
+    tags=TAGS,
+)(_update_metadata)
+ROUTES.route(
+    "POST",
+    f"{SESSION}/metadata",
+    "Change name, description or tags (POST form)",
+    body=MetadataUpdate,
+    response=SessionEnvelope,
+    errors=(400, 404, 409),
+    tags=TAGS,
+)(_update_metadata)
 
 
-@ROUTES.route("DELETE", SESSION, "Delete a session; its branches are kept", query=DeleteQuery,
-              status=202, errors=(400, 404, 409, 503), tags=TAGS,
-              description="Without force, refused with 409 when a worktree has uncommitted "
-              "changes or its branch has commits on no other branch (details list them).")  # fmt: skip
+@ROUTES.route(
+    "DELETE",
+    SESSION,
+    "Delete a session; its branches are kept",
+    query=DeleteQuery,
+    status=202,
+    errors=(400, 404, 409, 503),
+    tags=TAGS,
+    description="Without force, refused with 409 when a worktree has uncommitted "
+    "changes or its branch has commits on no other branch (details list them).",
+)
 async def delete_session(request: web.Request) -> web.Response:
     query = read_query(request, DeleteQuery)
     manager = _manager(request)
@@ -113,33 +154,58 @@ async def delete_session(request: web.Request) -> web.Response:
     return dump(SessionEnvelope(session=manager.to_api(record)), status=202)
 
 
-@ROUTES.route("POST", f"{SESSION}/archive", "Archive: remove the container, keep everything else",
-              response=SessionEnvelope, errors=(404, 409, 500, 503), tags=TAGS)  # fmt: skip
+@ROUTES.route(
+    "POST",
+    f"{SESSION}/archive",
+    "Archive: remove the container, keep everything else",
+    response=SessionEnvelope,
+    errors=(404, 409, 500, 503),
+    tags=TAGS,
+)
 async def archive_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     await manager.archive(request.match_info["session_id"])
     return _session(request, manager)
 
 
-@ROUTES.route("POST", f"{SESSION}/unarchive", "Unarchive: a new container on the same worktree",
-              response=SessionEnvelope, errors=(404, 409, 500, 503), tags=TAGS)  # fmt: skip
+@ROUTES.route(
+    "POST",
+    f"{SESSION}/unarchive",
+    "Unarchive: a new container on the same worktree",
+    response=SessionEnvelope,
+    errors=(404, 409, 500, 503),
+    tags=TAGS,
+)
 async def unarchive_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     await manager.unarchive(request.match_info["session_id"])
     return _session(request, manager)
 
 
-@ROUTES.route("POST", f"{SESSION}/start", "Start a stopped container",
-              response=SessionEnvelope, errors=(404, 409, 500, 503), tags=TAGS)  # fmt: skip
+@ROUTES.route(
+    "POST",
+    f"{SESSION}/start",
+    "Start a stopped container",
+    response=SessionEnvelope,
+    errors=(404, 409, 500, 503),
+    tags=TAGS,
+)
 async def start_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     await manager.start(request.match_info["session_id"])
     return _session(request, manager)
 
 
-@ROUTES.route("POST", f"{SESSION}/recreate", "New container, same worktree and conversation",
-              body=RecreateRequest, body_optional=True, response=SessionEnvelope,
-              errors=(400, 404, 409, 500, 503), tags=TAGS)  # fmt: skip
+@ROUTES.route(
+    "POST",
+    f"{SESSION}/recreate",
+    "New container, same worktree and conversation",
+    body=RecreateRequest,
+    body_optional=True,
+    response=SessionEnvelope,
+    errors=(400, 404, 409, 500, 503),
+    tags=TAGS,
+)
 async def recreate_session(request: web.Request) -> web.Response:
     body = await read_body(request, RecreateRequest, optional=True)
     manager = _manager(request)
@@ -147,39 +213,60 @@ async def recreate_session(request: web.Request) -> web.Response:
     return _session(request, manager)
 
 
-@ROUTES.route("POST", f"{SESSION}/recreate-fresh",
-              "New worktree from the base branch and a new container; loses uncommitted work",
-              response=SessionEnvelope, errors=(404, 409, 500, 503), tags=TAGS,
-              description="Commits on the session branch that exist on no other branch are "
-              "kept on a renamed branch '<branch>-prev-<time>'.")  # fmt: skip
+@ROUTES.route(
+    "POST",
+    f"{SESSION}/recreate-fresh",
+    "New worktree from the base branch and a new container; loses uncommitted work",
+    response=SessionEnvelope,
+    errors=(404, 409, 500, 503),
+    tags=TAGS,
+    description="Commits on the session branch that exist on no other branch are "
+    "kept on a renamed branch '<branch>-prev-<time>'.",
+)
 async def recreate_fresh_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     await manager.recreate(request.match_info["session_id"], fresh=True)
     return _session(request, manager)
 
 
-@ROUTES.route("POST", f"{SESSION}/refresh", "Re-resolve the image (pull if a registry answers), "
-              "then recreate", response=SessionEnvelope, errors=(404, 409, 500, 503),
-              tags=TAGS)  # fmt: skip
+@ROUTES.route(
+    "POST",
+    f"{SESSION}/refresh",
+    "Re-resolve the image (pull if a registry answers), then recreate",
+    response=SessionEnvelope,
+    errors=(404, 409, 500, 503),
+    tags=TAGS,
+)
 async def refresh_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     await manager.refresh(request.match_info["session_id"])
     return _session(request, manager)
 
 
-@ROUTES.route("POST", f"{SESSION}/cleanup", "Remove container, worktree and record of a "
-              "broken session", response=SessionEnvelope, status=202,
-              errors=(404, 409, 503), tags=TAGS)  # fmt: skip
+@ROUTES.route(
+    "POST",
+    f"{SESSION}/cleanup",
+    "Remove container, worktree and record of a broken session",
+    response=SessionEnvelope,
+    status=202,
+    errors=(404, 409, 503),
+    tags=TAGS,
+)
 async def cleanup_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     record = await manager.cleanup(request.match_info["session_id"])
     return dump(SessionEnvelope(session=manager.to_api(record)), status=202)
 
 
-@ROUTES.route("GET", f"{SESSION}/health", "Health report: state, offered actions, what each keeps",
-              response=HealthReport, errors=(404, 503), tags=TAGS)  # fmt: skip
+@ROUTES.route(
+    "GET",
+    f"{SESSION}/health",
+    "Health report: state, offered actions, what each keeps",
+    response=HealthReport,
+    errors=(404, 503),
+    tags=TAGS,
+)
 async def session_health(request: web.Request) -> web.Response:
     manager = _manager(request)
     record = manager.get(request.match_info["session_id"])
     return dump(await manager.health_or_stored(record))
-

@@ -11,8 +11,14 @@ from daemon.openapi import openapi_document
 from daemon.routes import ROUTES, dump
 
 
-@ROUTES.route("GET", "/health", "Liveness and the container engine's state",
-              response=DaemonHealth, public=True, tags=("system",))  # fmt: skip
+@ROUTES.route(
+    "GET",
+    "/health",
+    "Liveness and the container engine's state",
+    response=DaemonHealth,
+    public=True,
+    tags=("system",),
+)
 async def health(request: web.Request) -> web.Response:
     backend = request.app[BACKENDS].get("docker")
     info = await backend.info() if backend is not None else None
@@ -28,8 +34,9 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-@ROUTES.route("GET", "/api/config", "The effective configuration, secrets redacted",
-              tags=("system",))  # fmt: skip
+@ROUTES.route(
+    "GET", "/api/config", "The effective configuration, secrets redacted", tags=("system",)
+)
 async def config(request: web.Request) -> web.Response:
     return web.json_response(request.app[SETTINGS].redacted())
 

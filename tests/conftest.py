@@ -30,6 +30,27 @@ def _image_from_env_or_build(var: str, script: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def _cached_image(var: str) -> str | None:
+    env_file = ROOT / ".cache" / "test-images.env"
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            name, _, value = line.partition("=")
+            if name == var and value:
+                return value
+    return None
+
+
+@pytest.fixture(scope="session")
+def agent_image() -> str:
+    """Tag of the Debian agent image with git and the agent CLIs (built by the set-up)."""
+    tag = os.environ.get("CORRAL_TEST_AGENT_IMAGE") or _cached_image("CORRAL_TEST_AGENT_IMAGE")
+    if tag is None:
+        subprocess.run(["bash", str(ROOT / "scripts" / "build-test-images.sh")], check=True)
+        tag = _cached_image("CORRAL_TEST_AGENT_IMAGE")
+    assert tag, "scripts/build-test-images.sh did not record the agent image"
+    return tag
+
+
 @pytest.fixture(scope="session")
 def busybox_image() -> str:
     """Tag of the FROM-scratch busybox image (built once per machine, reused by hash tag)."""

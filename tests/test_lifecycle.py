@@ -307,3 +307,41 @@ async def test_progress_is_published_in_order(client: Any, git_repo: Path) -> No
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == len(seqs)
     assert mine[-1]["status"] == "running"
+
+
+async def test_git_status_inside_agent_image_for_primary_and_secondary(
+    client: Any, tmp_path: Path, agent_image: str
+) -> None:
+    first = make_repo(tmp_path / "first")
+    second = make_repo(tmp_path / "second")
+    response = await client.post(
+        "/api/sessions",
+        json={
+            "prompt": "multi",
+            "image": agent_image,
+            "repositories": [
+                {"path": str(first), "mount_name": "first"},
+                {"path": str(second), "mount_name": "second"},
+            ],
+        },
+    )
+    assert response.status == 201, await response.text()
+    sid = (await response.json())["session"]["id"]
+    session = await wait_for(client, sid, lambda s: s["status"] != "creating")
+    assert session["status"] == "running", session
+    cid = session["container_id"]
+    (Path(session["repositories"][1]["worktree_path"]) / "new.txt").write_text("n\n")
+    primary = docker_exec(cid, "git", "-C", "/workspace", "status", "--porcelain", "--branch")
+    assert primary.splitlines() == [f"## {session['branch_name']}"]
+    secondary = docker_exec(cid, "git", "-C", "/repos/second", "status", "--porcelain", "--branch")
+    assert secondary.splitlines() == [f"## {session['branch_name']}", "?? new.txt"]
+    # Commits made inside land on the session branch in the user's repository.
+    docker_exec(
+        cid,
+        "sh",
+        "-c",
+        "cd /workspace && echo x > x && git add x && "
+        "git -c user.email=a@b.c -c user.name=agent commit -qm inside",
+    )
+    log = git_out(first, "log", "--format=%s", session["branch_name"])
+    assert log.splitlines()[0] == "inside"

@@ -105,6 +105,23 @@ base_hash=$(
   } | sha256sum | cut -c1-12
 )
 base_image="corral-test-base:$base_hash"
+
+# The agent image's tag is known now; when it must be built, its npm step (about 20 s)
+# runs while the base is bootstrapped.
+agent_hash=$(
+  {
+    echo "$base_image"
+    cat images/agent/Dockerfile images/agent/package.json images/agent/package-lock.json \
+      images/agent/build.sh
+  } | sha256sum | cut -c1-12
+)
+agent_image="corral-agent:$agent_hash"
+cli_pid=
+if ! have_image "$agent_image"; then
+  bash images/agent/build.sh --prepare-cli </dev/null &
+  cli_pid=$!
+fi
+
 if have_image "$base_image"; then
   log "base: $base_image (reused)"
 else
@@ -114,14 +131,9 @@ fi
 
 # ---------------------------------------------------------------------------------------
 # (c) the agent image from images/agent, FROM the base
-agent_hash=$(
-  {
-    echo "$base_image"
-    cat images/agent/Dockerfile images/agent/package.json images/agent/package-lock.json \
-      images/agent/build.sh
-  } | sha256sum | cut -c1-12
-)
-agent_image="corral-agent:$agent_hash"
+if [ -n "$cli_pid" ]; then
+  wait "$cli_pid" || { echo "test-images: npm install of the agent CLIs failed" >&2; exit 1; }
+fi
 if have_image "$agent_image"; then
   log "agent: $agent_image (reused)"
 else

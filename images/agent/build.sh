@@ -2,6 +2,7 @@
 # Build corral's default agent image (Claude Code + Codex CLIs on a Debian base).
 #
 # Usage: images/agent/build.sh [BASE_IMAGE] [TAG]
+#        images/agent/build.sh --prepare-cli   # only the npm step (lets a caller overlap it)
 #   BASE_IMAGE  image to build FROM (default: debian:bookworm-slim). A Debian-like base
 #               without git/bash/ca-certificates/procps/less gets them from apt; a base
 #               that already has them (as the test base does) makes the build offline.
@@ -19,6 +20,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+prepare_only=no
+if [ "${1:-}" = --prepare-cli ]; then prepare_only=yes; shift; fi
 base_image=${1:-debian:bookworm-slim}
 tag=${2:-corral-agent:latest}
 cli="$here/cli"
@@ -53,6 +56,8 @@ else
   ls "$cli"/node_modules/@openai/codex-linux-"$npm_cpu"/vendor/*/bin/codex >/dev/null
   echo "$want" >"$stamp"
 fi
+
+[ "$prepare_only" = no ] || exit 0
 
 log "docker build $tag FROM $base_image"
 DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE_IMAGE=$base_image" -t "$tag" "$here" >/dev/null

@@ -397,7 +397,6 @@ class SessionManager:
             await op.step("home", "Preparing the agent home")
             await asyncio.to_thread(self.agent_home(record.id).mkdir, parents=True, exist_ok=True)
             await self._launch(record, op)
-            await self._mark_running(record)
             await self.store.end_operation(op_id, "done")
         except Exception as exc:
             error = api_error(exc)

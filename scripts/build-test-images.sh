@@ -146,9 +146,9 @@ docker tag "$agent_image" corral-agent:latest
 env_file=.cache/test-images.env
 tmp_env=$(mktemp "$env_file.XXXXXX")
 {
-  echo "CORRAL_TEST_BUSYBOX_IMAGE=$busybox_image"
-  echo "CORRAL_TEST_BASE_IMAGE=$base_image"
-  echo "CORRAL_TEST_AGENT_IMAGE=$agent_image"
+  echo "CORRALTEST_BUSYBOX_IMAGE=$busybox_image"
+  echo "CORRALTEST_BASE_IMAGE=$base_image"
+  echo "CORRALTEST_AGENT_IMAGE=$agent_image"
 } >"$tmp_env"
 mv -f "$tmp_env" "$env_file"
 cat "$env_file"

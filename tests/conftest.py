@@ -43,10 +43,10 @@ def _cached_image(var: str) -> str | None:
 @pytest.fixture(scope="session")
 def agent_image() -> str:
     """Tag of the Debian agent image with git and the agent CLIs (built by the set-up)."""
-    tag = os.environ.get("CORRAL_TEST_AGENT_IMAGE") or _cached_image("CORRAL_TEST_AGENT_IMAGE")
+    tag = os.environ.get("CORRALTEST_AGENT_IMAGE") or _cached_image("CORRALTEST_AGENT_IMAGE")
     if tag is None:
         subprocess.run(["bash", str(ROOT / "scripts" / "build-test-images.sh")], check=True)
-        tag = _cached_image("CORRAL_TEST_AGENT_IMAGE")
+        tag = _cached_image("CORRALTEST_AGENT_IMAGE")
     assert tag, "scripts/build-test-images.sh did not record the agent image"
     return tag
 
@@ -54,7 +54,7 @@ def agent_image() -> str:
 @pytest.fixture(scope="session")
 def busybox_image() -> str:
     """Tag of the FROM-scratch busybox image (built once per machine, reused by hash tag)."""
-    return _image_from_env_or_build("CORRAL_TEST_BUSYBOX_IMAGE", "build-busybox-image.sh")
+    return _image_from_env_or_build("CORRALTEST_BUSYBOX_IMAGE", "build-busybox-image.sh")
 
 
 def _git(cwd: Path, *args: str) -> str:

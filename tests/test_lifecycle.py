@@ -186,7 +186,8 @@ async def test_delete_guards_unsaved_work_and_force_keeps_branch(
     refused = await client.delete(f"/api/sessions/{sid}")
     body = await refused.json()
     assert refused.status == 409, body
-    assert body["error"]["details"]["repositories"][0]["uncommitted"] == ["?? dirty.txt"]
+    assert "details" in body["error"], body
+    assert body["error"]["details"]["repositories"][0]["uncommitted"] == ["?? dirty.txt"], body
 
     git_out(worktree, "add", "dirty.txt")
     git_out(worktree, "commit", "-qm", "unique")

@@ -1,0 +1,81 @@
+"""The benchmarks run and report: each bench script with --quick prints one JSON line.
+
+Timings never decide pass or fail here: only the shape of the report is checked (keys
+present, figures numeric). The targets are for the full runs (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+pytestmark = pytest.mark.docker
+
+# script -> the metrics it must report
+EXPECTED = {
+    "create_to_running.py": {"serial", "concurrent5"},
+    "list_sessions.py": {
+        "list_default_page_rps",
+        "list_limit1000_rps",
+        "get_session_p99_under_load",
+    },
+    "memory.py": {"rss_with_sessions"},
+}
+METRIC_NUMBERS = ("measured", "baseline", "overhead", "samples")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _run(script: str, busybox_image: str) -> dict[str, Any]:
+    env = {**os.environ, "CORRAL_TEST_BUSYBOX_IMAGE": busybox_image}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, f"{script} printed {len(lines)} lines on stdout: {proc.stdout[:2000]}"
+    result = json.loads(lines[0])
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_bench_quick_reports_one_json_line(script: str, busybox_image: str) -> None:
+    result = _run(script, busybox_image)
+    assert result["bench"] == script.removesuffix(".py")
+    assert result["quick"] is True
+    assert isinstance(result["pass"], bool)
+    metrics = result["metrics"]
+    assert set(metrics) == EXPECTED[script]
+    for name, m in metrics.items():
+        for key in METRIC_NUMBERS:
+            assert _number(m[key]), f"{name}.{key} = {m.get(key)!r}"
+        assert m["samples"] >= 1 and m["baseline_samples"] >= 1
+        assert m["measured"] >= 0 and m["baseline"] >= 0
+        assert isinstance(m["unit"], str) and m["unit"]
+        assert isinstance(m["pass"], bool)
+        target = m["target"]
+        assert target["field"] in ("measured", "overhead", "ratio")
+        assert target["op"] in ("<=", ">=")
+        assert _number(target["value"])
+        if target["field"] == "ratio":
+            assert _number(m["ratio"])
+    assert result["pass"] == all(m["pass"] for m in metrics.values())

@@ -39,7 +39,7 @@ def _number(value: Any) -> bool:
 
 
 def _run(script: str, busybox_image: str) -> dict[str, Any]:
-    env = {**os.environ, "CORRAL_TEST_BUSYBOX_IMAGE": busybox_image}
+    env = {**os.environ, "CORRALTEST_BUSYBOX_IMAGE": busybox_image}
     proc = subprocess.run(
         [sys.executable, str(BENCH / script), "--quick"],
         cwd=ROOT,
@@ -68,9 +68,12 @@ def test_bench_quick_reports_one_json_line(script: str, busybox_image: str) -> N
     for name, m in metrics.items():
         for key in METRIC_NUMBERS:
             assert _number(m[key]), f"{name}.{key} = {m.get(key)!r}"
-        assert m["samples"] >= 1 and m["baseline_samples"] >= 1
-        assert m["measured"] >= 0 and m["baseline"] >= 0
-        assert isinstance(m["unit"], str) and m["unit"]
+        assert m["samples"] >= 1
+        assert m["baseline_samples"] >= 1
+        assert m["measured"] >= 0
+        assert m["baseline"] >= 0
+        assert isinstance(m["unit"], str)
+        assert m["unit"]
         assert isinstance(m["pass"], bool)
         target = m["target"]
         assert target["field"] in ("measured", "overhead", "ratio")

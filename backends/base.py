@@ -12,6 +12,12 @@ semantics, which every implementation keeps:
 * ``list_managed`` finds corral's containers by label, in one engine call.
 * Every method raises :class:`BackendUnavailable` when the engine does not answer, so the
   REST layer can answer 503 while the store keeps serving reads.
+* ``attach`` opens the session's terminal: a :class:`TerminalStream` of the agent's TTY
+  (the agent is the container's main process). The daemon keeps one per running session
+  and never blocks on it; closing the stream detaches and never stops the agent.
+* ``resize`` sets the TTY size; a container that is gone is success.
+* ``recent_output`` is the tail of the TTY's own log, for rebuilding the screen after a
+  daemon restart; backends that keep no log answer ``b""``.
 """
 
 from __future__ import annotations
@@ -106,6 +112,22 @@ class BackendInfo:
     version: str | None
 
 
+class TerminalStream(abc.ABC):
+    """One attachment to a session's TTY: raw bytes both ways."""
+
+    @abc.abstractmethod
+    async def read(self) -> bytes:
+        """The next chunk the terminal printed; ``b""`` once the agent's process has ended."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Send keystrokes; never blocks the event loop (waits for room, asynchronously)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Detach; the agent keeps running."""
+
+
 class Backend(abc.ABC):
     """One place sessions can run. Implementations: ``docker``, later ``local``."""
 
@@ -149,6 +171,18 @@ class Backend(abc.ABC):
 
         Raises :class:`ImageNotFound` only when the pull fails and no local copy exists.
         """
+
+    @abc.abstractmethod
+    async def attach(self, container_id: str) -> TerminalStream:
+        """Attach to the running container's TTY (stdin, stdout and stderr)."""
+
+    @abc.abstractmethod
+    async def resize(self, container_id: str, cols: int, rows: int) -> None:
+        """Set the TTY size; a container that is gone has nothing to resize."""
+
+    @abc.abstractmethod
+    async def recent_output(self, container_id: str, max_bytes: int) -> bytes:
+        """At most ``max_bytes`` of the TTY's most recent output, from the engine's log."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -19,6 +19,7 @@ import aiodocker
 import aiohttp
 import structlog
 
+from backends import docker_attach
 from backends.base import (
     LABEL_DAEMON_INSTANCE,
     LABEL_MANAGED,
@@ -31,6 +32,7 @@ from backends.base import (
     ContainerSpec,
     ContainerState,
     ImageNotFound,
+    TerminalStream,
 )
 
 log = structlog.get_logger(__name__)
@@ -42,6 +44,8 @@ _NO_CONNECTION = 900
 # The engine's zero time for "never started" or "never finished".
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 _EXITED_STATUS = re.compile(r"^Exited \((-?\d+)\)")
+# Lines of TTY log read to rebuild a screen; the byte cap is the caller's.
+RECENT_LINES = 5000
 
 
 def container_name(session_name: str) -> str:
@@ -138,6 +142,29 @@ class DockerBackend(Backend):
         async with self._engine(f"resize container {container_id}", absent_ok=True) as docker:
             await docker.containers.container(container_id).resize(h=rows, w=cols)
 
+    async def attach(self, container_id: str) -> TerminalStream:
+        async with self._engine(f"attach to container {container_id}") as docker:
+            engine_url = str(docker._connection_info)
+            if docker_attach.supports(engine_url):
+                return await docker_attach.open_attach(engine_url, container_id)
+            stream = docker.containers.container(container_id).attach(
+                stdin=True, stdout=True, stderr=True, logs=False
+            )
+            await stream.__aenter__()  # the hijacked connection opens here, under the deadline
+        return _DockerTerminal(stream)
+
+    async def recent_output(self, container_id: str, max_bytes: int) -> bytes:
+        # aiodocker's log() decodes to text and would fail on a split UTF-8 sequence; the TTY
+        # log is raw bytes, so read the response body as it is.
+        params = {"stdout": "1", "stderr": "1", "tail": str(RECENT_LINES)}
+        async with (
+            self._engine(f"read the log of container {container_id}", absent_ok=True) as docker,
+            docker._query(f"containers/{container_id}/logs", params=params) as response,
+        ):
+            data: bytes = await response.read()
+            return data[-max_bytes:]
+        return b""
+
     async def close(self) -> None:
         docker, self._docker = self._docker, None
         if docker is not None:
@@ -168,6 +195,29 @@ class DockerBackend(Backend):
     ) -> _Exchange:
         seconds = self._api_timeout if limit is None else limit
         return _Exchange(self, action, absent_ok=absent_ok, seconds=seconds)
+
+
+class _DockerTerminal(TerminalStream):
+    """The Engine API attach stream of a TTY container: raw bytes, no multiplexing."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    async def read(self) -> bytes:
+        try:
+            message = await self._stream.read_out()
+        except (aiohttp.ClientError, OSError, RuntimeError):
+            return b""  # the engine closed the stream: the process ended or the engine left
+        return b"" if message is None else bytes(message.data)
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._stream.write_in(data)
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+            raise BackendError("the terminal is closed", details={"error": str(exc)}) from exc
+
+    async def close(self) -> None:
+        await self._stream.close()
 
 
 class _Exchange:

@@ -7,23 +7,37 @@ manager. Shutdown never stops a session's container; agents keep running without
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from backends.base import Backend
 from backends.docker import DockerBackend
+from daemon.console import Consoles
 from daemon.handlers import files, sessions, system  # noqa: F401 - they register routes
 from daemon.hub import EventHub
-from daemon.keys import BACKENDS, HUB, LIST_CACHE, MANAGER, SETTINGS, STORE, TASKS
+from daemon.keys import (
+    BACKENDS,
+    CONSOLES,
+    HUB,
+    LIST_CACHE,
+    MANAGER,
+    SETTINGS,
+    SOCKETS,
+    STORE,
+    TASKS,
+)
 from daemon.manager import SessionManager
 from daemon.middlewares import setup_middlewares
 from daemon.routes import ROUTES
 from daemon.settings import Settings
 from daemon.store import Store
 from daemon.tasks import TaskSupervisor
+from ws.connection import OpenSockets
+from ws.console import console_socket
 
 log = structlog.get_logger(__name__)
 
@@ -56,12 +70,27 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HUB] = hub
     tasks = TaskSupervisor()
     app[TASKS] = tasks
-    manager = SessionManager(app[SETTINGS], app[STORE], hub, app[BACKENDS], tasks)
+    consoles = Consoles(app[SETTINGS].console.buffer_bytes)
+    app[CONSOLES] = consoles
+    manager = SessionManager(app[SETTINGS], app[STORE], hub, app[BACKENDS], tasks, consoles)
     await manager.load()
     app[MANAGER] = manager
     log.info("sessions_loaded", count=len(manager.records))
     yield
     await tasks.close(timeout=app[SETTINGS].server.shutdown_timeout)
+    # Detaching never stops an agent: containers keep running without the daemon.
+    await consoles.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """Tell every WebSocket client the daemon is going away, within a bounded time."""
+    sockets = app[SOCKETS].all()
+    if sockets:
+        await asyncio.wait(
+            [asyncio.create_task(ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutdown"))
+             for ws in sockets],
+            timeout=5,
+        )  # fmt: skip
 
 
 async def _index(request: web.Request) -> web.FileResponse:
@@ -73,10 +102,13 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     app = web.Application(client_max_size=settings.server.max_json_bytes)
     app[SETTINGS] = settings
     app[LIST_CACHE] = {}
+    app[SOCKETS] = OpenSockets()
     if backends is not None:
         app[BACKENDS] = backends
     setup_middlewares(app)
     ROUTES.install(app)
     app.router.add_get("/", _index)
+    app.router.add_get("/ws/console/{session_id}", console_socket)
     app.cleanup_ctx.extend([_store_ctx, _backends_ctx, _sessions_ctx])
+    app.on_shutdown.append(_close_sockets)
     return app

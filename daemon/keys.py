@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from backends.base import Backend
+from daemon.console import Consoles
 from daemon.hub import EventHub
 from daemon.manager import SessionManager
 from daemon.settings import Settings
 from daemon.store import Store
 from daemon.tasks import TaskSupervisor
+from ws.connection import OpenSockets
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -18,3 +20,5 @@ BACKENDS = web.AppKey("backends", dict[str, Backend])
 MANAGER = web.AppKey("manager", SessionManager)
 TASKS = web.AppKey("tasks", TaskSupervisor)
 LIST_CACHE = web.AppKey("list_cache", dict[tuple[object, ...], bytes])
+CONSOLES = web.AppKey("consoles", Consoles)
+SOCKETS = web.AppKey("sockets", OpenSockets)

@@ -30,6 +30,7 @@ from backends.base import (
     Mount,
 )
 from daemon import worktrees
+from daemon.console import Consoles
 from daemon.errors import (
     ApiError,
     BackendFailed,
@@ -112,8 +113,11 @@ class SessionManager:
         hub: EventHub,
         backends: dict[str, Backend],
         tasks: TaskSupervisor,
+        consoles: Consoles,
     ) -> None:
         self.settings = settings
+        self.consoles = consoles
+        consoles.on_exit = self._agent_exited
         self.store = store
         self.hub = hub
         self.backends = backends
@@ -224,6 +228,18 @@ class SessionManager:
             if record.status is SessionStatus.DELETING and record.id not in interrupted:
                 self._start_delete(record)
         self.version += 1
+        running = [
+            r
+            for r in self.records.values()
+            if r.status is SessionStatus.RUNNING and r.container_id and not r.archived
+        ]
+        if running:
+            self.tasks.spawn(self._reattach(running), name="console-reattach")
+
+    async def _reattach(self, records: list[SessionRecord]) -> None:
+        """After a restart: rebuild each running session's screen from its log and attach."""
+        for record in records:
+            await self._attach_console(record, replay_log=True)
 
     # create
 
@@ -480,11 +496,33 @@ class SessionManager:
         record.progress = None
         record.error_message = None
         await self.save(record, "status", "progress", "error_message")
+        await self._attach_console(record)
+        await self.publish_status(record)
+
+    async def _attach_console(self, record: SessionRecord, *, replay_log: bool = False) -> None:
+        """Attach the daemon to the session's terminal; a failure only costs the console."""
+        if record.container_id is None:
+            return
+        try:
+            await self.consoles.attach(
+                record.id, self.backend_for(record), record.container_id, replay_log=replay_log
+            )
+        except BackendError as exc:
+            log.warning("console_attach_failed", session_id=record.id, error=exc.message)
+
+    async def _agent_exited(self, session_id: str, exit_code: int | None) -> None:
+        """The terminal ended: the agent's process (the container's main one) is gone."""
+        record = self.records.get(session_id)
+        if record is None or record.status is not SessionStatus.RUNNING or record.id in self._busy:
+            return
+        record.status = SessionStatus.STOPPED
+        await self.save(record, "status")
         await self.publish_status(record)
 
     async def _remove_containers(self, record: SessionRecord) -> None:
         """Remove every container of this session, by label, so none is ever lost track of."""
         backend = self.backend_for(record)
+        await self.consoles.detach(record.id)
         ids = {c.id for c in await backend.list_managed() if c.session_id == record.id}
         if record.container_id:
             ids.add(record.container_id)

@@ -77,6 +77,22 @@ class AgentSettings(Section):
     )
 
 
+class ConsoleSettings(Section):
+    buffer_bytes: int = Field(
+        1024 * 1024, ge=4096, description="Recent terminal output kept per session for redraws."
+    )
+    heartbeat_seconds: float = Field(30.0, gt=0, description="Ping idle sockets this often.")
+    viewer_peak_bytes: int = Field(
+        4 * 1024 * 1024, ge=65536, description="Output a viewer may fall behind by for a while."
+    )
+    viewer_peak_seconds: float = Field(
+        5.0, gt=0, description="How long a viewer may stay past its peak before it is closed."
+    )
+    viewer_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=65536, description="Output a viewer may ever fall behind by."
+    )
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["console", "json"] = Field("console", description="One event a line.")
@@ -91,6 +107,7 @@ class Settings(Section):
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("data_dir")

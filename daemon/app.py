@@ -8,6 +8,7 @@ manager. Shutdown never stops a session's container; agents keep running without
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from aiohttp import WSCloseCode, web
 
 from backends.base import Backend
 from backends.docker import DockerBackend
+from backends.local import LocalBackend
 from daemon.console import Consoles
 from daemon.handlers import files, sessions, system  # noqa: F401 - they register routes
 from daemon.hub import EventHub
@@ -44,6 +46,7 @@ log = structlog.get_logger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
+@contextlib.asynccontextmanager
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = Store(app[SETTINGS].db_path)
     await store.open()
@@ -52,11 +55,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+@contextlib.asynccontextmanager
 async def _backends_ctx(app: web.Application) -> AsyncIterator[None]:
     if BACKENDS not in app:
         docker = app[SETTINGS].docker
         backends: dict[str, Backend] = {
-            "docker": DockerBackend(docker.url or None, api_timeout=docker.api_timeout)
+            "docker": DockerBackend(docker.url or None, api_timeout=docker.api_timeout),
+            "local": LocalBackend(),
         }
         app[BACKENDS] = backends
     yield
@@ -64,6 +69,7 @@ async def _backends_ctx(app: web.Application) -> AsyncIterator[None]:
         await backend.close()
 
 
+@contextlib.asynccontextmanager
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = EventHub(app[STORE])
     await hub.start()
@@ -80,6 +86,19 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     await tasks.close(timeout=app[SETTINGS].server.shutdown_timeout)
     # Detaching never stops an agent: containers keep running without the daemon.
     await consoles.close()
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Everything with a lifetime, set up in order and torn down in reverse.
+
+    One cleanup_ctx entering the parts through an exit stack, because aiohttp does not
+    tear down the contexts already entered when a later one fails at start-up: an open
+    store would then keep the process from ever exiting.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        for part in (_store_ctx, _backends_ctx, _sessions_ctx):
+            await stack.enter_async_context(part(app))
+        yield
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -109,6 +128,6 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     ROUTES.install(app)
     app.router.add_get("/", _index)
     app.router.add_get("/ws/console/{session_id}", console_socket)
-    app.cleanup_ctx.extend([_store_ctx, _backends_ctx, _sessions_ctx])
+    app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_close_sockets)
     return app

@@ -102,6 +102,10 @@ def assess(record: SessionRecord, seen: Observation | None) -> tuple[Health, dic
         return Health.WORKTREE_MISSING, details
     container = seen.container
     if container is None:
+        if record.backend == "local" and record.status is SessionStatus.STOPPED:
+            # Local agents end with the daemon; start makes a new process on the same work.
+            details["container_status"] = "not_started"
+            return Health.STOPPED, details
         details["container_status"] = "missing"
         return Health.MISSING, details
     details["container_status"] = container.state.value

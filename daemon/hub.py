@@ -37,7 +37,11 @@ class EventHub:
         self.queue_size = queue_size
         self._seq: dict[str, int] = {}
         self._subscribers: set[Subscription] = set()
-        self._lock = asyncio.Lock()
+        # Group commit: events published while a write is under way share the next one.
+        self._pending: list[tuple[str, int, str, str, str]] = []
+        self._batch: asyncio.Future[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._seq = await self.store.max_seqs()
@@ -54,15 +58,17 @@ class EventHub:
         return self._seq.get(session_id, 0)
 
     async def publish(self, event_type: str, session_id: str, **payload: Any) -> Event:
-        """Store the event under the session's next seq, then hand it to every subscriber."""
-        async with self._lock:  # seq order and store order must agree
-            seq = self._seq.get(session_id, 0) + 1
-            timestamp = _ts(utcnow())
-            assert timestamp is not None
-            await self.store.insert_events(
-                [(session_id, seq, event_type, json.dumps(payload, default=str), timestamp)]
-            )
-            self._seq[session_id] = seq
+        """Store the event under the session's next seq, then hand it to every subscriber.
+
+        The seq is taken and the row queued without awaiting, so store order is seq order;
+        delivery waits for the commit, so nothing is ever seen that a replay would miss.
+        """
+        seq = self._seq.get(session_id, 0) + 1
+        self._seq[session_id] = seq
+        timestamp = _ts(utcnow())
+        assert timestamp is not None
+        row = (session_id, seq, event_type, json.dumps(payload, default=str), timestamp)
+        await asyncio.shield(self._enqueue(row))
         event: Event = {
             "type": event_type,
             "session_id": session_id,
@@ -79,6 +85,27 @@ class EventHub:
                 sub.overflowed = True
                 log.warning("subscriber_overflowed", session_id=session_id)
         return event
+
+    def _enqueue(self, row: tuple[str, int, str, str, str]) -> asyncio.Future[None]:
+        self._pending.append(row)
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._flush(), name="events-flush")
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        return self._batch
+
+    async def _flush(self) -> None:
+        async with self._write_lock:  # batches commit in the order they were opened
+            rows, batch = self._pending, self._batch
+            self._pending, self._batch = [], None
+            assert batch is not None
+            try:
+                await self.store.insert_events(rows)
+            except Exception as exc:
+                batch.set_exception(exc)
+            else:
+                batch.set_result(None)
 
     def forget(self, session_id: str) -> None:
         self._seq.pop(session_id, None)

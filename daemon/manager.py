@@ -63,6 +63,7 @@ log = structlog.get_logger(__name__)
 CONTAINER_HOME = "/home/agent"
 CONTAINER_WORKSPACE = "/workspace"
 BRANCH_PREFIX = "corral/"
+ENGINE_TRUST_SECONDS = 2.0
 
 _Body = Callable[["SessionRecord", "_Operation"], Awaitable[None]]
 
@@ -95,9 +96,12 @@ class _Operation:
     async def step(self, journal_step: str, message: str) -> None:
         """Journal the step, then show it as progress: always before its side effects."""
         self.step_no += 1
-        await self.manager.store.operation_step(self.op_id, journal_step)
         self.record.progress = Progress(step=self.step_no, total=self.total, message=message)
-        await self.manager.save(self.record, "progress")
+        self.record.updated_at = utcnow()
+        await self.manager.store.record_step(
+            self.op_id, journal_step, self.record, ("progress", "updated_at")
+        )
+        self.manager.version += 1
         await self.manager.hub.publish(
             "session_progress",
             self.record.id,
@@ -126,6 +130,7 @@ class SessionManager:
         self.version = 0  # bumped on every change; caches key on it
         self._busy: set[str] = set()
         self._reserved_names: set[str] = set()
+        self._engine_seen: dict[str, float] = {}
 
     # paths
 
@@ -227,6 +232,12 @@ class SessionManager:
         for record in self.records.values():
             if record.status is SessionStatus.DELETING and record.id not in interrupted:
                 self._start_delete(record)
+            elif record.backend == "local" and record.container_id is not None:
+                # A host process dies with the daemon that held its terminal.
+                record.container_id = None
+                if record.status is SessionStatus.RUNNING:
+                    record.status = SessionStatus.STOPPED
+                await self.save(record, "container_id", "status")
         self.version += 1
         running = [
             r
@@ -256,9 +267,7 @@ class SessionManager:
                 name = await self._generate_free_name(resolved)
             else:
                 await self._check_name_free(name, resolved)
-            info = await backend.info()
-            if not info.available:
-                raise BackendUnavailableError("The container engine does not answer")
+            await self._check_engine(backend)
             now = utcnow()
             record = SessionRecord(
                 id=str(uuid.uuid4()),
@@ -300,6 +309,19 @@ class SessionManager:
         await self.hub.publish("session_created", record.id, session=self._json(record))
         self.tasks.spawn(self._run_create(record, op_id), name=f"create:{record.id}")
         return record
+
+    async def _check_engine(self, backend: Backend) -> None:
+        """Answer 503 at once when the engine is away; a recent answer is trusted briefly."""
+        loop_time = asyncio.get_running_loop().time()
+        if (
+            self._engine_seen.get(backend.name, -ENGINE_TRUST_SECONDS)
+            > loop_time - ENGINE_TRUST_SECONDS
+        ):
+            return
+        info = await backend.info()
+        if not info.available:
+            raise BackendUnavailableError("The container engine does not answer")
+        self._engine_seen[backend.name] = loop_time
 
     def _json(self, record: SessionRecord) -> dict[str, Any]:
         return self.to_api(record).model_dump(mode="json")
@@ -350,7 +372,8 @@ class SessionManager:
                     f"{info.root} is on a detached HEAD; give base_branch",
                     [{"field": where, "message": "required on a detached HEAD"}],
                 )
-            if not await worktrees.ref_exists(info.root, base, timeout=timeout):
+            given = req.base_branch is not None and req.base_branch != info.current_branch
+            if given and not await worktrees.ref_exists(info.root, base, timeout=timeout):
                 raise InvalidRequest(
                     f"base_branch '{base}' does not exist in {info.root}",
                     [{"field": where, "message": "no such branch or commit"}],
@@ -409,10 +432,10 @@ class SessionManager:
         made_worktrees: list[Repository] = []
         try:
             await op.step("worktrees", "Creating worktrees")
-            made_worktrees = await self._ensure_worktrees(record)
+            made_worktrees = await self._ensure_worktrees(record, new_session=True)
             await op.step("home", "Preparing the agent home")
             await asyncio.to_thread(self.agent_home(record.id).mkdir, parents=True, exist_ok=True)
-            await self._launch(record, op)
+            await self._launch(record, op, new_session=True)
             await self.store.end_operation(op_id, "done")
         except Exception as exc:
             error = api_error(exc)
@@ -481,10 +504,13 @@ class SessionManager:
             daemon_instance=str(self.settings.data_dir),
         )
 
-    async def _launch(self, record: SessionRecord, op: _Operation) -> None:
+    async def _launch(
+        self, record: SessionRecord, op: _Operation, *, new_session: bool = False
+    ) -> None:
         backend = self.backend_for(record)
         await op.step("container", "Creating the container")
-        await self._remove_containers(record)
+        if not new_session:  # a new session has no container to sweep
+            await self._remove_containers(record)
         info = await backend.create(self._spec(record))
         record.container_id = info.id
         await self.save(record, "container_id")
@@ -530,7 +556,9 @@ class SessionManager:
             await backend.remove(container_id)
         record.container_id = None
 
-    async def _ensure_worktrees(self, record: SessionRecord) -> list[Repository]:
+    async def _ensure_worktrees(
+        self, record: SessionRecord, *, new_session: bool = False
+    ) -> list[Repository]:
         """Add each worktree that is not on disk; an existing branch is attached, not reset."""
         made = []
         for repo in record.repositories:
@@ -543,6 +571,7 @@ class SessionManager:
                 repo.branch_name,
                 repo.base_branch,
                 timeout=self.settings.sessions.git_timeout,
+                new_branch=new_session,
             )
             made.append(repo)
         return made
@@ -654,13 +683,16 @@ class SessionManager:
 
     async def start(self, session_id: str) -> SessionRecord:
         async def body(record: SessionRecord, op: _Operation) -> None:
-            await op.step("start", "Starting the container")
-            assert record.container_id is not None
-            await self.backend_for(record).start(record.container_id)
+            if record.container_id is None:  # a local session after a daemon restart
+                await self._ensure_worktrees(record)
+                await self._launch(record, op)
+            else:
+                await op.step("start", "Starting the container")
+                await self.backend_for(record).start(record.container_id)
             await self._mark_running(record)
 
         record = self.get(session_id)
-        await self._run_action(record, Action.START, body, total=1)
+        await self._run_action(record, Action.START, body, total=2)
         return record
 
     async def archive(self, session_id: str) -> SessionRecord:

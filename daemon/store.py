@@ -165,11 +165,15 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path)
         self._db.row_factory = sqlite3.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._migrate()
+        try:
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute("PRAGMA synchronous=NORMAL")
+            await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._db.execute("PRAGMA busy_timeout=5000")
+            await self._migrate()
+        except BaseException:
+            await self.close()  # an open connection's thread would keep the process alive
+            raise
 
     async def close(self) -> None:
         if self._db is not None:
@@ -307,6 +311,21 @@ class Store:
             raise StoreError(f"the store could not be written: {exc}") from exc
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    async def record_step(
+        self, op_id: int, step: str, record: SessionRecord, fields: Iterable[str]
+    ) -> None:
+        """A journal step and the session's changed fields, in one transaction."""
+        names = [f for f in fields if f in _SESSION_COLUMNS and f != "id"]
+        assignments = ", ".join(f"{n} = ?" for n in names)
+        await self._write(
+            [
+                ("UPDATE operations SET step = ?, updated_at = ? WHERE id = ?",
+                 [step, _ts(utcnow()), op_id]),
+                (f"UPDATE sessions SET {assignments} WHERE id = ?",  # noqa: S608 - fixed names
+                 [_to_column(n, getattr(record, n)) for n in names] + [record.id]),
+            ]
+        )  # fmt: skip
 
     async def operation_step(self, op_id: int, step: str) -> None:
         await self._write(

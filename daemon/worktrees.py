@@ -250,6 +250,21 @@ async def resolve_repository(path: str, timeout: float = DEFAULT_TIMEOUT) -> Rep
     folder = await asyncio.to_thread(_existing_folder, path)
     cwd = str(folder)
 
+    # The common case in one git process; anything unusual takes the detailed path below,
+    # which explains what is wrong.
+    code, out, _ = await _run(
+        ("rev-parse", "--is-inside-work-tree", "--show-toplevel", "--git-common-dir",
+         "--symbolic-full-name", "HEAD"), cwd, timeout,
+    )  # fmt: skip
+    lines = out.splitlines()
+    if code == 0 and len(lines) == 4 and lines[0] == "true":
+        root, git_dir, subdir = await asyncio.to_thread(_repo_paths, folder, lines[1], lines[2])
+        head = lines[3]
+        current_branch = (
+            head.removeprefix("refs/heads/") if head.startswith("refs/heads/") else None
+        )
+        return RepoInfo(str(root), str(git_dir), subdir, current_branch)
+
     code, out, err = await _run(("rev-parse", "--is-inside-work-tree"), cwd, timeout)
     if code != 0:
         if "not a git repository" in err:
@@ -355,15 +370,24 @@ async def add_worktree(
     branch: str,
     base: str,
     timeout: float = DEFAULT_TIMEOUT,
+    *,
+    new_branch: bool = False,
 ) -> None:
     """Check out ``branch`` at ``worktree_path``, creating the branch from ``base`` if new.
 
     An existing branch is attached as it is, never reset, so recreating a lost
     worktree keeps its commits. Already having exactly that worktree is success.
+    With ``new_branch`` the caller has just checked that neither the branch nor the
+    path exists, so the checks are skipped; git still refuses if that changed meanwhile.
     """
     if branch.startswith("-"):
         raise GitError(f"invalid branch name: {branch}")
     path = _absolute(worktree_path)
+    if new_branch:
+        await run_git("worktree", "add", "--no-track", "-b", branch, "--end-of-options", path,
+                      base, cwd=repo_root, timeout=timeout)  # fmt: skip
+        log.info("worktree_added", repo=repo_root, path=path, branch=branch, base=base)
+        return
     entry = await _registration(repo_root, path, timeout)
     if entry is not None:
         if await asyncio.to_thread(os.path.isdir, path):

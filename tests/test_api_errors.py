@@ -108,17 +108,6 @@ async def test_create_refuses_non_repositories(
     await assert_nothing_created(client, settings)
 
 
-async def test_local_backend_not_available_yet(client: Any, git_repo: Path) -> None:
-    error = await error_of(
-        await client.post(
-            "/api/sessions", json={"repo_path": str(git_repo), "prompt": "x", "backend": "local"}
-        ),
-        400,
-        "INVALID_REQUEST",
-    )
-    assert "local" in error["message"]
-
-
 @pytest.mark.docker
 async def test_name_taken_is_a_conflict(client: Any, git_repo: Path) -> None:
     await create_running(client, git_repo, name="taken")

@@ -1,4 +1,4 @@
-"""The real `corral serve` process: start, SIGTERM that leaves agents running, SIGKILL mid-create."""
+"""The real `corral serve` process: SIGTERM leaves agents running, SIGKILL mid-create."""
 
 from __future__ import annotations
 
@@ -148,3 +148,40 @@ async def test_sigkill_during_create_leaves_a_consistent_store(
             capture_output=True, text=True, check=True,
         ).stdout.split()  # fmt: skip
         assert ids == [session["container_id"]]
+
+
+def test_startup_failure_exits_instead_of_hanging(tmp_path: Path) -> None:
+    import sqlite3
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / "corral.db") as db:
+        db.execute("PRAGMA user_version = 999")
+    env = {**os.environ, "CORRAL_CONFIG": str(tmp_path / "absent.toml")}
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "serve", "--port", str(free_port()),
+         "--data-dir", str(data_dir)],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "newer than this corral" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "0.0.0.0"], "refusing to bind 0.0.0.0"),
+        (["--config", "/nonexistent/corral.toml"], "does not exist"),
+    ],
+)
+def test_refuses_to_start_with_a_clear_reason(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    env = {**os.environ, "CORRAL_CONFIG": str(tmp_path / "absent.toml")}
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "serve", "--port", str(free_port()),
+         "--data-dir", str(tmp_path / "data"), *args],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert message in done.stderr

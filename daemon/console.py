@@ -158,7 +158,7 @@ class Attachment:
         self.ended.set()
         for viewer in list(self.viewers):
             viewer.send_json({"type": "exit", "code": self.exit_code})
-        await asyncio.gather(*(v.finish(message="session ended") for v in list(self.viewers)))
+            viewer.end(message="session ended")
         self.viewers.clear()
         if self._on_exit is not None:
             await self._on_exit(self.session_id, self.exit_code)
@@ -197,7 +197,7 @@ class Attachment:
                 await self._stream.close()
         for viewer in list(self.viewers):
             viewer.send_json({"type": "error", "message": "the session's terminal was detached"})
-            viewer.close(message="detached")
+            viewer.end(message="detached")
         self.viewers.clear()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import json
 import os
@@ -216,3 +217,51 @@ async def test_stalled_viewer_never_holds_back_the_others(client: Any, git_repo:
     finally:
         stalled.close()
     await reader.ws.close()
+
+
+async def test_pause_holds_only_that_viewer(client: Any, git_repo: Path) -> None:
+    session = await create_running(client, git_repo)
+    paused = await open_console(client, session["id"])
+    live = await open_console(client, session["id"])
+    await live.run("echo ready-$((4+4))", "ready-8")
+    await paused.until(b"ready-8")
+    await paused.ws.send_str(json.dumps({"type": "pause"}))
+    await asyncio.sleep(0.2)
+    held_at = len(paused.data)
+    await live.run("echo during-$((9+9))", "during-18")
+    await paused.pump(0.5)
+    assert b"during-18" not in bytes(paused.data[held_at:])
+    await paused.ws.send_str(json.dumps({"type": "resume"}))
+    await paused.until(b"during-18")
+    await paused.ws.close()
+    await live.ws.close()
+
+
+async def test_viewer_leaving_mid_frame_hurts_nobody(client: Any, git_repo: Path) -> None:
+    session = await create_running(client, git_repo)
+    other = await open_console(client, session["id"])
+    sock = await asyncio.to_thread(raw_websocket, client.port, f"/ws/console/{session['id']}")
+    # A masked binary frame header announcing 1000 bytes, then only 3 of them, then gone.
+    await asyncio.to_thread(sock.sendall, b"\x82\xfe\x03\xe8" + b"\x00\x00\x00\x00" + b"abc")
+    sock.close()
+    await other.run("echo alive-$((11+11))", "alive-22")
+    assert (await client.get("/api/sessions")).status == 200
+    await other.ws.close()
+
+
+async def test_stopping_session_tells_viewers_and_refuses_input(
+    client: Any, git_repo: Path
+) -> None:
+    session = await create_running(client, git_repo)
+    viewer = await open_console(client, session["id"])
+    await viewer.run("echo up-$((1+2))", "up-3")
+    assert (await client.post(f"/api/sessions/{session['id']}/archive")).status == 200
+    error = await viewer.control("error")
+    assert "detached" in error["message"]
+    with contextlib.suppress(ConnectionError):
+        await viewer.ws.send_bytes(b"echo nope\r")
+    for _ in range(50):
+        await viewer.pump(0.1)
+        if viewer.closed:
+            break
+    assert viewer.closed

@@ -185,3 +185,35 @@ def test_refuses_to_start_with_a_clear_reason(
     )  # fmt: skip
     assert done.returncode == 2
     assert message in done.stderr
+
+
+async def test_console_reattaches_after_sigkill(
+    daemon_dir: Path, busybox_image: str, git_repo: Path
+) -> None:
+    daemon = Daemon(daemon_dir, busybox_image)
+    async with running(daemon) as http:
+        async with http.post(
+            "/api/sessions", json={"repo_path": str(git_repo), "prompt": "x"}
+        ) as response:
+            sid = (await response.json())["session"]["id"]
+        await poll(http, sid, {"running"})
+        ws = await http.ws_connect(f"/ws/console/{sid}?cols=80&rows=24")
+        await ws.send_bytes(b"echo before-$((20+1))\r")
+        seen = b""
+        while b"before-21" not in seen:
+            seen += (await ws.receive(timeout=10)).data
+        daemon.signal(signal.SIGKILL)
+
+    again = Daemon(daemon_dir, busybox_image)
+    async with running(again) as http:
+        ws = await http.ws_connect(f"/ws/console/{sid}?cols=80&rows=24")
+        screen = b""
+        # The screen is rebuilt from the container's TTY log, then the same shell echoes.
+        while b"before-21" not in screen:
+            screen += (await ws.receive(timeout=10)).data
+        await ws.send_bytes(b"echo after-$((30+3))\r")
+        while b"after-33" not in screen:
+            message = await ws.receive(timeout=10)
+            if message.type == aiohttp.WSMsgType.BINARY:
+                screen += message.data
+        await ws.close()

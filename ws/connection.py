@@ -118,6 +118,12 @@ class Connection:
         if self._writer is not None:
             self._wakeup.set()
 
+    def end(self, code: int = WSCloseCode.OK, message: str = "") -> None:
+        """Close after what is queued has gone out (bounded in time); never waits."""
+        task = asyncio.create_task(self.finish(code, message), name=f"ws-end:{self.name}")
+        _CLOSERS.add(task)
+        task.add_done_callback(_CLOSERS.discard)
+
     async def finish(self, code: int = WSCloseCode.OK, message: str = "") -> None:
         """Send what is queued, then close (for an orderly end such as ``exit``)."""
         if not self._closing and self._writer is not None:
@@ -192,7 +198,7 @@ class Connection:
             self._closing = True
 
 
-_CLOSERS: set[asyncio.Task[None]] = set()
+_CLOSERS: set[asyncio.Task[Any]] = set()
 
 
 class OpenSockets:

@@ -69,10 +69,16 @@ async def list_sessions(request: web.Request) -> web.Response:
             .model_dump_json()
             .encode()
         )
-        if len(cache) > 64 or any(k[0] != manager.version for k in cache):
-            cache.clear()
-        cache[key] = body
+        _remember(cache, key, body, manager.version)
     return web.Response(body=body, content_type="application/json")
+
+
+def _remember(cache: dict[tuple[object, ...], bytes], key: tuple[object, ...], body: bytes,
+              version: int) -> None:  # fmt: skip
+    """Keep answers for the current version only, and not too many of them."""
+    if len(cache) > 256 or any(k[0] != version for k in cache):
+        cache.clear()
+    cache[key] = body
 
 
 @ROUTES.route(
@@ -105,8 +111,14 @@ async def create_session(request: web.Request) -> web.Response:
 async def get_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     record = manager.get(request.match_info["session_id"])
-    detail = SessionDetail(**manager.to_api(record).model_dump(), chat_history=[])
-    return dump(SessionDetailEnvelope(session=detail))
+    cache = request.app[LIST_CACHE]
+    key = (manager.version, "detail", record.id)
+    body = cache.get(key)
+    if body is None:
+        detail = SessionDetail(**manager.to_api(record).model_dump(), chat_history=[])
+        body = SessionDetailEnvelope(session=detail).model_dump_json().encode()
+        _remember(cache, key, body, manager.version)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _update_metadata(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""The ``corral`` command: ``corral serve`` starts the daemon."""
+"""The ``corral`` command: ``corral serve`` starts the daemon; ``corral attach`` joins a session."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from daemon import __version__
+from daemon import __version__, attach
 from daemon.log import configure_logging
 from daemon.settings import Settings, SettingsError, load_settings
 
@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="DANGEROUS: allow a non-loopback bind with authentication off",
+    )
+    attach.add_arguments(
+        commands.add_parser("attach", help="connect this terminal to a session's console")
     )
     return parser
 
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "attach":
+        return attach.run(args)
     return 2  # unreachable: argparse requires a command
 
 

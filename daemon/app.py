@@ -40,6 +40,7 @@ from daemon.store import Store
 from daemon.tasks import TaskSupervisor
 from ws.connection import OpenSockets
 from ws.console import console_socket
+from ws.events import events_socket
 
 log = structlog.get_logger(__name__)
 
@@ -128,6 +129,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     ROUTES.install(app)
     app.router.add_get("/", _index)
     app.router.add_get("/ws/console/{session_id}", console_socket)
+    app.router.add_get("/ws/events", events_socket)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_close_sockets)
     return app

@@ -1,14 +1,15 @@
 """The in-process event hub: per-session sequence numbers, stored before delivery.
 
-Producers call :meth:`EventHub.publish`; it never waits on a consumer. Each subscriber has
-its own bounded queue; one that overflows is marked and dropped, and resumes from the
-store with ``since_seq`` (the events issue builds the socket side on this).
+Producers call :meth:`EventHub.publish`; it never waits on a consumer. Listeners are plain
+callables that must not block (a socket's listener puts the event on its own bounded
+queue); the socket layer decides what each client wants and drops the slow ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,16 +20,25 @@ from daemon.store import Store, _ts, utcnow
 log = structlog.get_logger(__name__)
 
 Event = dict[str, Any]
+Listener = Callable[[Event], None]
 
 
 @dataclass(eq=False)
 class Subscription:
+    """An in-process subscriber with its own bounded queue (tests and internal consumers)."""
+
     queue: asyncio.Queue[Event]
-    sessions: set[str] = field(default_factory=set)  # "*" means every session's lifecycle
+    sessions: set[str] = field(default_factory=set)  # "*" means every session
     overflowed: bool = False
 
-    def wants(self, event: Event) -> bool:
-        return "*" in self.sessions or event.get("session_id") in self.sessions
+    def __call__(self, event: Event) -> None:
+        if self.overflowed or not ("*" in self.sessions or event["session_id"] in self.sessions):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            log.warning("subscriber_overflowed", session_id=event["session_id"])
 
 
 class EventHub:
@@ -36,7 +46,7 @@ class EventHub:
         self.store = store
         self.queue_size = queue_size
         self._seq: dict[str, int] = {}
-        self._subscribers: set[Subscription] = set()
+        self._listeners: list[Listener] = []
         # Group commit: events published while a write is under way share the next one.
         self._pending: list[tuple[str, int, str, str, str]] = []
         self._batch: asyncio.Future[None] | None = None
@@ -46,13 +56,17 @@ class EventHub:
     async def start(self) -> None:
         self._seq = await self.store.max_seqs()
 
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def subscribe(self, sessions: set[str] | None = None) -> Subscription:
         sub = Subscription(asyncio.Queue(self.queue_size), set(sessions or {"*"}))
-        self._subscribers.add(sub)
+        self.listen(sub)
         return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        self._subscribers.discard(sub)
 
     def last_seq(self, session_id: str) -> int:
         return self._seq.get(session_id, 0)
@@ -76,14 +90,11 @@ class EventHub:
             "timestamp": timestamp,
             **payload,
         }
-        for sub in list(self._subscribers):
-            if sub.overflowed or not sub.wants(event):
-                continue
+        for listener in list(self._listeners):
             try:
-                sub.queue.put_nowait(event)
-            except asyncio.QueueFull:
-                sub.overflowed = True
-                log.warning("subscriber_overflowed", session_id=session_id)
+                listener(event)
+            except Exception:
+                log.exception("listener_failed", session_id=session_id)
         return event
 
     def _enqueue(self, row: tuple[str, int, str, str, str]) -> asyncio.Future[None]:

@@ -63,6 +63,9 @@ log = structlog.get_logger(__name__)
 CONTAINER_HOME = "/home/agent"
 CONTAINER_WORKSPACE = "/workspace"
 BRANCH_PREFIX = "corral/"
+CHAT_EVENT_TYPES = ("chat_message", "tool_call", "tool_result")
+PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
+PASTE_SETTLE_SECONDS = 0.05
 ENGINE_TRUST_SECONDS = 2.0
 
 _Body = Callable[["SessionRecord", "_Operation"], Awaitable[None]]
@@ -788,6 +791,39 @@ class SessionManager:
             await self.save(record, *changed)
             await self.hub.publish("session_updated", record.id, session=self._json(record))
         return record
+
+    # chat
+
+    async def send_message(self, session_id: str, content: str) -> None:
+        """Type the message into the agent's terminal as a person would: paste, then Enter."""
+        record = self.get(session_id)
+        if not content.strip():
+            raise InvalidRequest(
+                "content must not be empty", [{"field": "content", "message": "empty"}]
+            )
+        if record.archived or record.status is not SessionStatus.RUNNING:
+            raise Conflict(f"the session is not running ({record.status.value})")
+        attachment = self.consoles.get(record.id)
+        if attachment is None:
+            raise Conflict("the session's terminal is not attached")
+        try:
+            await attachment.write(PASTE_START + content.encode() + PASTE_END)
+            # A TUI that sees Enter in the same read as the paste may take it as pasted text.
+            await asyncio.sleep(PASTE_SETTLE_SECONDS)
+            await attachment.write(b"\r")
+        except BackendError as exc:
+            raise Conflict(f"the message could not be delivered: {exc.message}") from exc
+        log.info("message_sent", session_id=record.id, chars=len(content))
+
+    async def chat_events(self, session_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+        self.get(session_id)
+        return await self.store.events_after(session_id, after, limit, CHAT_EVENT_TYPES)
+
+    async def chat_history(self, record: SessionRecord) -> list[dict[str, Any]]:
+        limit = self.settings.events.chat_history_limit
+        if limit == 0:
+            return []
+        return await self.store.events_tail(record.id, limit, CHAT_EVENT_TYPES)
 
     # delete and cleanup
 

@@ -121,6 +121,15 @@ class ChatEvent(ApiModel):
     timestamp: datetime
 
 
+class ChatMessages(ApiModel):
+    messages: list[ChatEvent]
+    next_after: int = Field(description="Pass as `after` to get the next page.")
+
+
+class MessageRequest(ApiModel):
+    content: str = Field(min_length=1, max_length=100_000)
+
+
 class SessionDetail(Session):
     chat_history: list[ChatEvent] = Field(default_factory=list)
 

@@ -93,6 +93,24 @@ class ConsoleSettings(Section):
     )
 
 
+class EventsSettings(Section):
+    client_peak_bytes: int = Field(
+        1024 * 1024, ge=65536, description="Events a client may fall behind by for a while."
+    )
+    client_peak_seconds: float = Field(
+        3.0, gt=0, description="How long a client may stay past its peak before it is closed."
+    )
+    client_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=65536, description="Events a client may ever fall behind by."
+    )
+    client_max_messages: int = Field(
+        5000, ge=100, description="Events a client may ever have waiting for it."
+    )
+    chat_history_limit: int = Field(
+        500, ge=0, description="Most recent chat events returned with a session."
+    )
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["console", "json"] = Field("console", description="One event a line.")
@@ -108,6 +126,7 @@ class Settings(Section):
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("data_dir")

@@ -371,6 +371,19 @@ class Store:
             await self.db.rollback()
             raise StoreError(f"the store could not be written: {exc}") from exc
 
+    async def events_tail(
+        self, session_id: str, limit: int, types: Iterable[str]
+    ) -> list[dict[str, Any]]:
+        """The last ``limit`` events of these types, oldest first."""
+        kinds = list(types)
+        marks = ", ".join("?" for _ in kinds)
+        async with self.db.execute(
+            f"SELECT * FROM (SELECT * FROM events WHERE session_id = ? AND type IN ({marks}) "  # noqa: S608
+            "ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+            [session_id, *kinds, limit],
+        ) as cur:
+            return [_event(session_id, row) async for row in cur]
+
     async def events_after(
         self, session_id: str, after: int, limit: int, types: Iterable[str] | None = None
     ) -> list[dict[str, Any]]:
@@ -383,8 +396,14 @@ class Store:
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
         async with self.db.execute(sql, params) as cur:
-            return [
-                {**json.loads(row["payload"]), "type": row["type"], "session_id": session_id,
-                 "seq": row["seq"], "timestamp": row["timestamp"]}
-                async for row in cur
-            ]  # fmt: skip
+            return [_event(session_id, row) async for row in cur]
+
+
+def _event(session_id: str, row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        **json.loads(row["payload"]),
+        "type": row["type"],
+        "session_id": session_id,
+        "seq": row["seq"],
+        "timestamp": row["timestamp"],
+    }

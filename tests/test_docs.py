@@ -111,10 +111,8 @@ def _protocol_routes() -> set[tuple[str, str]]:
     return routes
 
 
-# Added by later issues (agents: chat history and messages).
-LATER = {("GET", "/api/sessions/{session_id}/messages"),
-         ("POST", "/api/sessions/{session_id}/message"),
-         ("POST", "/api/sessions/{session_id}/regenerate-metadata")}  # fmt: skip
+# Added by a later issue (agents: AI metadata).
+LATER = {("POST", "/api/sessions/{session_id}/regenerate-metadata")}
 
 
 def test_every_protocol_route_is_served_and_documented() -> None:

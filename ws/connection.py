@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 CLOSE_TRY_AGAIN_LATER = 1013
 FINISH_SECONDS = 5.0  # how long an orderly close waits for queued output to go
+CLOSE_SECONDS = 2.0  # how long a close waits for the client before the connection is cut
 
 
 class Connection:
@@ -36,8 +37,13 @@ class Connection:
         peak_seconds: float = 5.0,
         frame_bytes: int = 64 * 1024,
         name: str = "",
+        transport: asyncio.Transport | None = None,
+        max_messages: int | None = None,
     ) -> None:
         self.ws = ws
+        self.transport = transport
+        self.max_messages = max_messages
+        self._room = asyncio.Event()
         self.max_bytes = max_bytes
         self.peak_bytes = peak_bytes
         self.peak_seconds = peak_seconds
@@ -84,9 +90,18 @@ class Connection:
         self._paused = False
         self._wakeup.set()
 
+    async def wait_for_room(self, messages: int) -> None:
+        """Wait until at most ``messages`` are queued (to pace a replay), or the end."""
+        while len(self._queue) > messages and not self._closing:
+            self._room.clear()
+            await self._room.wait()
+
     def _check_peak(self) -> None:
         if self.queued_bytes > self.max_bytes:
             self._overflow("queue over its hard limit")
+            return
+        if self.max_messages is not None and len(self._queue) > self.max_messages:
+            self._overflow("too many messages queued")
             return
         loop_time = asyncio.get_running_loop().time()
         if self.queued_bytes <= self.peak_bytes:
@@ -113,10 +128,17 @@ class Connection:
         task.add_done_callback(_CLOSERS.discard)
 
     async def _close(self, code: int, message: str) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.close(code=code, message=message.encode())
+        try:
+            # A client that reads nothing never takes the close frame either: give it a
+            # moment, then drop the connection.
+            await asyncio.wait_for(self.ws.close(code=code, message=message.encode()),
+                                   CLOSE_SECONDS)  # fmt: skip
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if self.transport is not None:
+                self.transport.abort()
+        self._room.set()
         if self._writer is not None:
-            self._wakeup.set()
+            self._writer.cancel()
 
     def end(self, code: int = WSCloseCode.OK, message: str = "") -> None:
         """Close after what is queued has gone out (bounded in time); never waits."""
@@ -193,6 +215,7 @@ class Connection:
                     await self.ws.send_bytes(frame)
                 if self.queued_bytes <= self.peak_bytes:
                     self._peak_since = None
+                self._room.set()
         except (ConnectionError, RuntimeError) as exc:
             log.info("ws_write_failed", connection=self.name, error=str(exc))
             self._closing = True

@@ -82,6 +82,7 @@ async def console_socket(request: web.Request) -> web.WebSocketResponse:
         peak_bytes=settings.viewer_peak_bytes,
         peak_seconds=settings.viewer_peak_seconds,
         name=f"console:{session_id}",
+        transport=request.transport,
     )
     viewer.start()
     sockets = request.app[SOCKETS]

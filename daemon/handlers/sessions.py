@@ -5,11 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from daemon.keys import LIST_CACHE, MANAGER
+from daemon.keys import HUB, LIST_CACHE, MANAGER
 from daemon.manager import SessionManager
 from daemon.models import (
+    ChatEvent,
+    ChatMessages,
     CreateSessionRequest,
     HealthReport,
+    MessageRequest,
     MetadataUpdate,
     RecreateRequest,
     SessionDetail,
@@ -112,10 +115,11 @@ async def get_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     record = manager.get(request.match_info["session_id"])
     cache = request.app[LIST_CACHE]
-    key = (manager.version, "detail", record.id)
+    key = (manager.version, "detail", record.id, request.app[HUB].last_seq(record.id))
     body = cache.get(key)
     if body is None:
-        detail = SessionDetail(**manager.to_api(record).model_dump(), chat_history=[])
+        history = [ChatEvent.model_validate(e) for e in await manager.chat_history(record)]
+        detail = SessionDetail(**manager.to_api(record).model_dump(), chat_history=history)
         body = SessionDetailEnvelope(session=detail).model_dump_json().encode()
         _remember(cache, key, body, manager.version)
     return web.Response(body=body, content_type="application/json")
@@ -282,3 +286,47 @@ async def session_health(request: web.Request) -> web.Response:
     manager = _manager(request)
     record = manager.get(request.match_info["session_id"])
     return dump(await manager.health_or_stored(record))
+
+
+class MessagesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    after: int = Field(0, ge=0, description="Only events with a higher seq.")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+@ROUTES.route(
+    "GET",
+    f"{SESSION}/messages",
+    "Chat events (messages, tool calls, tool results) after a seq, oldest first",
+    query=MessagesQuery,
+    response=ChatMessages,
+    errors=(400, 404),
+    tags=TAGS,
+)
+async def list_messages(request: web.Request) -> web.Response:
+    query = read_query(request, MessagesQuery)
+    manager = _manager(request)
+    events = await manager.chat_events(request.match_info["session_id"], query.after, query.limit)
+    return dump(
+        ChatMessages(
+            messages=[ChatEvent.model_validate(e) for e in events],
+            next_after=events[-1]["seq"] if events else query.after,
+        )
+    )
+
+
+@ROUTES.route(
+    "POST",
+    f"{SESSION}/message",
+    "Send the agent the user's next message",
+    body=MessageRequest,
+    status=202,
+    errors=(400, 404, 409),
+    tags=TAGS,
+    description="Typed into the agent's terminal as a bracketed paste, then Enter; 409 when "
+    "the session is not running.",
+)
+async def send_message(request: web.Request) -> web.Response:
+    body = await read_body(request, MessageRequest)
+    await _manager(request).send_message(request.match_info["session_id"], body.content)
+    return web.json_response({"status": "accepted"}, status=202)

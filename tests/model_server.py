@@ -1,0 +1,606 @@
+"""A scripted model server, so the real agent CLIs run end to end with no internet.
+
+One aiohttp app on 127.0.0.1 (random port) speaks the two wire protocols the agents use:
+
+* Anthropic Messages API for Claude Code: ``POST /v1/messages`` (Claude Code adds
+  ``?beta=true``), answered as SSE when the body says ``stream: true`` and as one JSON
+  message otherwise; ``POST /v1/messages/count_tokens`` gets a rough count.
+* OpenAI Responses API for Codex: ``POST /v1/responses``, always SSE.
+
+Everything else (Claude Code's ``HEAD /`` connectivity check included) gets 404.
+
+A test queues *steps*; each conversation request takes the next one::
+
+    server.script(ToolUse("Bash", {"command": "echo hi > /workspace/x"}), Text("done"))
+
+``Text`` and ``ToolUse`` are one-block replies, ``Reply(Text(..), ToolUse(..))`` puts
+several blocks in one answer, ``Hold()`` makes the request wait until the test calls
+``hold.release()`` (``await hold.reached.wait()`` tells the agent is "thinking"), and
+``Error(status, message)`` answers with an API error. With the script empty, a request gets
+``Text(server.default_text)`` and is counted in ``server.unscripted``.
+
+``ToolUse("Bash", {"command": c})`` is mapped for Codex to its shell tool
+``exec_command {"cmd": c}``; any other tool name goes through unchanged as a
+``function_call``, so ``ToolUse("exec_command", {"cmd": c})`` works as well.
+
+Side requests (Claude Code's quota probe and title/summary generation, which run beside the
+conversation when non-essential traffic is allowed) are recognised by ``is_side_request``
+and answered with a short text without consuming the script; they are kept in
+``server.side_requests``, apart from ``server.requests``.
+
+Use the ``model_server`` fixture (``pytest_plugins = ["tests.model_server"]``) or
+``async with ModelServer() as server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+import pytest
+from aiohttp import web
+
+__all__ = [
+    "Error",
+    "Hold",
+    "ModelServer",
+    "RecordedRequest",
+    "Reply",
+    "Step",
+    "Text",
+    "ToolUse",
+    "is_side_request",
+    "model_server",
+    "sse_events",
+]
+
+Json = dict[str, Any]
+
+# --- script steps ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Text:
+    """An assistant text block (Claude: ``text``; Codex: a ``message`` with ``output_text``)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A tool call (Claude: ``tool_use`` block; Codex: ``function_call`` item).
+
+    ``id`` is generated when not given; the follow-up request carries it back
+    (``tool_use_id`` for Claude, ``call_id`` for Codex).
+    """
+
+    name: str
+    input: Json = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Several blocks in one model answer, e.g. a sentence then a tool call."""
+
+    blocks: tuple[Text | ToolUse, ...]
+
+    def __init__(self, *blocks: Text | ToolUse) -> None:
+        object.__setattr__(self, "blocks", blocks)
+
+
+@dataclass(frozen=True)
+class Error:
+    """An API error answer (HTTP ``status`` with the provider's error JSON).
+
+    Note that both CLIs retry 429 and 5xx with back-off: use a 4xx for a quick failure.
+    """
+
+    status: int = 400
+    message: str = "scripted error"
+
+
+class Hold:
+    """Blocks the request that reaches it until ``release()``; then the next step answers.
+
+    ``reached`` is set when a request arrives here, so a test can observe an agent that
+    is waiting for the model.
+    """
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def wait_released(self) -> None:
+        await self._released.wait()
+
+
+Step = Text | ToolUse | Reply | Error | Hold
+
+
+@dataclass
+class RecordedRequest:
+    """One request the server received, for assertions and debugging."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Json | None
+    # "claude", "codex", "side" (a side request), or "other" (404s, HEAD /).
+    kind: str
+
+
+# --- side requests ---------------------------------------------------------------------
+
+# Phrases from the system prompts of Claude Code's helper requests (title/topic
+# generation, summaries). The conversation's own system prompt never contains them.
+_SIDE_SYSTEM_MARKERS = (
+    "generate a concise",
+    "write a 5-10 word title",
+    "sentence-case title",
+    "summarize this coding conversation",
+    "analyze if this message indicates a new conversation topic",
+)
+
+
+def _system_text(body: Json) -> str:
+    system = body.get("system")
+    if isinstance(system, str):
+        return system
+    if isinstance(system, list):
+        return "\n".join(str(part.get("text", "")) for part in system if isinstance(part, dict))
+    return ""
+
+
+def is_side_request(body: Json) -> bool:
+    """True for a Claude Code request that is not a turn of the scripted conversation.
+
+    * The quota probe: ``max_tokens: 1`` and a single user message ``"quota"``.
+    * Title/topic/summary generation: the conversation always offers ``tools``; these
+      helpers offer none, or carry one of the helper system prompts.
+    """
+    if body.get("max_tokens") == 1:
+        return True
+    if not body.get("tools"):
+        return True
+    system = _system_text(body).lower()
+    return any(marker in system for marker in _SIDE_SYSTEM_MARKERS)
+
+
+# --- wire formats ----------------------------------------------------------------------
+
+
+def _sse(event: str, data: Json) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def sse_events(raw: str) -> list[tuple[str, Json]]:
+    """Parse an SSE stream into ``(event, data)`` pairs (for tests of the framing)."""
+    events: list[tuple[str, Json]] = []
+    for frame in raw.split("\n\n"):
+        name, data = "", ""
+        for line in frame.splitlines():
+            if line.startswith("event:"):
+                name = line[len("event:") :].strip()
+            elif line.startswith("data:"):
+                data += line[len("data:") :].strip()
+        if name or data:
+            events.append((name, json.loads(data) if data else {}))
+    return events
+
+
+def _chunks(text: str, size: int = 24) -> list[str]:
+    # Several deltas per block so the CLIs' streaming accumulation is exercised.
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _blocks(step: Text | ToolUse | Reply) -> tuple[Text | ToolUse, ...]:
+    return step.blocks if isinstance(step, Reply) else (step,)
+
+
+def _estimate_tokens(body: Json | None) -> int:
+    # Plausible, not exact: the CLIs only display and sum these.
+    return max(1, len(json.dumps(body or {})) // 4)
+
+
+class _Ids:
+    """Ids in the providers' shapes; a counter keeps them unique and readable in fixtures."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count(1)
+        self._salt = secrets.token_hex(4)
+
+    def make(self, prefix: str) -> str:
+        return f"{prefix}_{self._salt}{next(self._counter):08d}"
+
+
+def anthropic_message(
+    blocks: Iterable[Text | ToolUse], model: str, ids: _Ids, input_tokens: int
+) -> tuple[Json, list[Json]]:
+    """The final message JSON and its content blocks (tool ids filled in)."""
+    content: list[Json] = []
+    for block in blocks:
+        if isinstance(block, Text):
+            content.append({"type": "text", "text": block.text})
+        else:
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": block.id or ids.make("toolu"),
+                    "name": block.name,
+                    "input": block.input,
+                }
+            )
+    stop = "tool_use" if any(c["type"] == "tool_use" for c in content) else "end_turn"
+    output_tokens = max(1, len(json.dumps(content)) // 4)
+    message = {
+        "id": ids.make("msg"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        },
+    }
+    return message, content
+
+
+def anthropic_sse(message: Json) -> list[bytes]:
+    """The SSE frames the Messages API sends for ``message`` (same order as the real API)."""
+    usage = message["usage"]
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    frames = [_sse("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            opening = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": part} for part in _chunks(block["text"])]
+        else:
+            opening = {**block, "input": {}}
+            deltas = [
+                {"type": "input_json_delta", "partial_json": part}
+                for part in ["", *_chunks(json.dumps(block["input"]))]
+            ]
+        frames.append(
+            _sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": opening},
+            )
+        )
+        if index == 0:
+            frames.append(_sse("ping", {"type": "ping"}))
+        frames.extend(
+            _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
+            for d in deltas
+        )
+        frames.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+    frames.append(
+        _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        )
+    )
+    frames.append(_sse("message_stop", {"type": "message_stop"}))
+    return frames
+
+
+def codex_items(blocks: Iterable[Text | ToolUse], ids: _Ids) -> list[Json]:
+    """Responses API output items for ``blocks``; ``Bash`` becomes Codex's ``exec_command``."""
+    items: list[Json] = []
+    for block in blocks:
+        if isinstance(block, Text):
+            items.append(
+                {
+                    "id": ids.make("msg"),
+                    "type": "message",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": block.text, "annotations": []}],
+                }
+            )
+            continue
+        name, arguments = block.name, dict(block.input)
+        if name == "Bash":
+            # Claude's Bash tool and Codex's unified exec tool do the same thing.
+            name, arguments = "exec_command", {"cmd": arguments["command"]}
+        items.append(
+            {
+                "id": ids.make("fc"),
+                "type": "function_call",
+                "status": "completed",
+                "call_id": block.id or ids.make("call"),
+                "name": name,
+                "arguments": json.dumps(arguments),
+            }
+        )
+    return items
+
+
+def codex_sse(items: list[Json], model: str, ids: _Ids, input_tokens: int) -> list[bytes]:
+    """The SSE frames of one streamed Responses API answer carrying ``items``."""
+    response: Json = {
+        "id": ids.make("resp"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "model": model,
+        "output": [],
+    }
+    seq = itertools.count()
+    frames = [
+        _sse(
+            "response.created",
+            {"type": "response.created", "sequence_number": next(seq), "response": response},
+        )
+    ]
+    for index, item in enumerate(items):
+        added = {**item, "status": "in_progress"}
+        if item["type"] == "message":
+            added["content"] = []
+        frames.append(
+            _sse(
+                "response.output_item.added",
+                {
+                    "type": "response.output_item.added",
+                    "sequence_number": next(seq),
+                    "output_index": index,
+                    "item": added,
+                },
+            )
+        )
+        if item["type"] == "message":
+            # Codex streams these into its UI; the item.done below is what it records.
+            text = item["content"][0]["text"]
+            frames.extend(
+                _sse(
+                    "response.output_text.delta",
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": next(seq),
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "content_index": 0,
+                        "delta": part,
+                    },
+                )
+                for part in _chunks(text)
+            )
+        frames.append(
+            _sse(
+                "response.output_item.done",
+                {
+                    "type": "response.output_item.done",
+                    "sequence_number": next(seq),
+                    "output_index": index,
+                    "item": item,
+                },
+            )
+        )
+    output_tokens = max(1, len(json.dumps(items)) // 4)
+    completed = {
+        **response,
+        "status": "completed",
+        "output": items,
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
+    frames.append(
+        _sse(
+            "response.completed",
+            {"type": "response.completed", "sequence_number": next(seq), "response": completed},
+        )
+    )
+    return frames
+
+
+# --- the server ------------------------------------------------------------------------
+
+
+class ModelServer:
+    """The scripted server. ``await start()``/``close()`` or use it as an async context."""
+
+    def __init__(self, default_text: str = "(nothing scripted)") -> None:
+        self.default_text = default_text
+        self.side_text = "ok"
+        self.url = ""
+        self.port = 0
+        # Bodies of the conversation requests (side requests and 404s excluded), in order.
+        self.requests: list[Json] = []
+        self.side_requests: list[Json] = []
+        # Every request, side requests and 404s included.
+        self.log: list[RecordedRequest] = []
+        self.unscripted = 0
+        self._steps: list[Step] = []
+        self._ids = _Ids()
+        self._arrived = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    # -- scripting and assertions
+
+    def script(self, *steps: Step) -> None:
+        """Queue steps; each conversation request consumes one (``Hold`` adds a wait)."""
+        self._steps.extend(steps)
+
+    @property
+    def pending(self) -> list[Step]:
+        """Steps not consumed yet (a test can assert the agent used them all)."""
+        return list(self._steps)
+
+    async def wait_for_requests(self, count: int, timeout: float = 30) -> list[Json]:
+        """Wait until ``count`` conversation requests have arrived; returns them."""
+        async with self._arrived:
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: len(self.requests) >= count), timeout
+            )
+        return self.requests[:count]
+
+    # -- lifecycle
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_post("/v1/responses", self._codex)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        return app
+
+    async def start(self) -> Self:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            # Release held requests so shutdown does not wait for them.
+            for step in self._steps:
+                if isinstance(step, Hold):
+                    step.release()
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- handlers
+
+    async def _record(self, request: web.Request, kind: str) -> Json | None:
+        body: Json | None = None
+        if request.can_read_body:
+            with contextlib.suppress(ValueError):
+                loaded = await request.json()
+                body = loaded if isinstance(loaded, dict) else {"_": loaded}
+        self.log.append(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                headers=dict(request.headers),
+                body=body,
+                kind=kind,
+            )
+        )
+        return body
+
+    async def _next_step(self, body: Json) -> Step:
+        """Take the step for a conversation request, waiting out any ``Hold`` first."""
+        async with self._arrived:
+            self.requests.append(body)
+            self._arrived.notify_all()
+        while self._steps:
+            step = self._steps.pop(0)
+            if not isinstance(step, Hold):
+                return step
+            step.reached.set()
+            await step.wait_released()
+        self.unscripted += 1
+        return Text(self.default_text)
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        await self._record(request, "other")
+        return web.json_response(
+            {"type": "error", "error": {"type": "not_found_error", "message": "Not Found"}},
+            status=404,
+        )
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        body = await self._record(request, "side")
+        return web.json_response({"input_tokens": _estimate_tokens(body)})
+
+    async def _stream(self, request: web.Request, frames: list[bytes]) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        for frame in frames:
+            await response.write(frame)
+        await response.write_eof()
+        return response
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request, "claude")
+        if body is None:
+            return _anthropic_error(400, "body is not JSON")
+        step: Step
+        if is_side_request(body):
+            self.log[-1].kind = "side"
+            self.side_requests.append(body)
+            step = Text(self.side_text)
+        else:
+            step = await self._next_step(body)
+        if isinstance(step, Error):
+            return _anthropic_error(step.status, step.message)
+        assert not isinstance(step, Hold)
+        message, _ = anthropic_message(
+            _blocks(step), str(body.get("model", "claude")), self._ids, _estimate_tokens(body)
+        )
+        if body.get("stream"):
+            return await self._stream(request, anthropic_sse(message))
+        return web.json_response(message)
+
+    async def _codex(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request, "codex")
+        if body is None:
+            return _codex_error(400, "body is not JSON")
+        step = await self._next_step(body)
+        if isinstance(step, Error):
+            return _codex_error(step.status, step.message)
+        assert not isinstance(step, Hold)
+        items = codex_items(_blocks(step), self._ids)
+        frames = codex_sse(items, str(body.get("model", "gpt")), self._ids, _estimate_tokens(body))
+        return await self._stream(request, frames)
+
+
+def _anthropic_error(status: int, message: str) -> web.Response:
+    kind: Literal["invalid_request_error", "api_error"] = (
+        "invalid_request_error" if status < 500 else "api_error"
+    )
+    return web.json_response(
+        {"type": "error", "error": {"type": kind, "message": message}}, status=status
+    )
+
+
+def _codex_error(status: int, message: str) -> web.Response:
+    return web.json_response(
+        {"error": {"type": "invalid_request_error", "message": message, "code": None}},
+        status=status,
+    )
+
+
+@pytest.fixture
+async def model_server() -> AsyncIterator[ModelServer]:
+    """A started ``ModelServer`` on 127.0.0.1; closed after the test."""
+    async with ModelServer() as server:
+        yield server

@@ -15,6 +15,7 @@ everything it started (hooks, aliases, credential helpers) are killed.
 from __future__ import annotations
 
 import asyncio
+import weakref
 import contextlib
 import os
 import shutil
@@ -359,12 +360,12 @@ async def worktree_is_registered(
     return await _registration(repo_root, worktree_path, timeout) is not None
 
 
-async def prune(repo_root: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+async def _prune_unlocked(repo_root: str, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Forget registrations of worktrees whose folders are gone."""
     await run_git("worktree", "prune", cwd=repo_root, timeout=timeout)
 
 
-async def add_worktree(
+async def _add_worktree_unlocked(
     repo_root: str,
     worktree_path: str,
     branch: str,
@@ -396,7 +397,7 @@ async def add_worktree(
                 return
             raise GitError(f"{path} is already a worktree of {entry[1] or 'a detached HEAD'}")
         # Deleted by hand: git refuses to reuse a path it still has registered.
-        await prune(repo_root, timeout)
+        await _prune_unlocked(repo_root, timeout)
 
     await asyncio.to_thread(Path(path).parent.mkdir, parents=True, exist_ok=True)
     if await branch_exists(repo_root, branch, timeout):
@@ -419,7 +420,7 @@ def _is_disposable(path: str, repo_root: str) -> bool:
     return not (real / ".git").is_dir()
 
 
-async def remove_worktree(
+async def _remove_worktree_unlocked(
     repo_root: str, worktree_path: str, timeout: float = DEFAULT_TIMEOUT
 ) -> None:
     """Remove the worktree and its folder, uncommitted changes included; keep the branch.
@@ -455,7 +456,7 @@ async def remove_worktree(
         except OSError as exc:
             raise GitError(f"could not delete {path}: {exc.strerror or exc}") from exc
 
-    await prune(repo_root, timeout)
+    await _prune_unlocked(repo_root, timeout)
     if await worktree_is_registered(repo_root, path, timeout):
         raise failure or GitError(f"{path} is still a registered worktree of {repo_root}")
     log.info("worktree_removed", repo=repo_root, path=path)
@@ -516,7 +517,7 @@ async def unsaved_work(
     )
 
 
-async def archive_branch(
+async def _archive_branch_unlocked(
     repo_root: str, branch: str, timeout: float = DEFAULT_TIMEOUT
 ) -> str | None:
     """Keep ``branch``'s unique commits under ``<branch>-prev-<UTC time>``; return that name.
@@ -539,7 +540,7 @@ async def archive_branch(
     return new
 
 
-async def reset_branch(
+async def _reset_branch_unlocked(
     repo_root: str, branch: str, base: str, timeout: float = DEFAULT_TIMEOUT
 ) -> None:
     """Point ``branch`` at ``base`` (``git branch -f``); git refuses if it is checked out."""
@@ -556,3 +557,68 @@ async def reset_branch(
         timeout=timeout,
     )
     log.info("branch_reset", repo=repo_root, branch=branch, base=base)
+
+
+# git does not make concurrent worktree and branch changes in one repository safe (two adds
+# can race for the same .git/worktrees/<name>), so they take turns per repository.
+_REPO_LOCKS: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _repo_lock(repo_root: str) -> asyncio.Lock:
+    key = (id(asyncio.get_running_loop()), repo_root)
+    lock = _REPO_LOCKS.get(key)
+    if lock is None:
+        lock = asyncio.Lock()
+        _REPO_LOCKS[key] = lock
+    return lock
+
+
+async def prune(repo_root: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """``git worktree prune``: forget worktrees whose folders are gone."""
+    async with _repo_lock(repo_root):
+        await _prune_unlocked(repo_root, timeout)
+
+
+async def add_worktree(
+    repo_root: str,
+    worktree_path: str,
+    branch: str,
+    base: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    new_branch: bool = False,
+) -> None:
+    """Check out ``branch`` at ``worktree_path``, creating it from ``base`` if new.
+
+    The rules are those of :func:`_add_worktree_unlocked`; this takes the repository's turn.
+    """
+    async with _repo_lock(repo_root):
+        await _add_worktree_unlocked(
+            repo_root, worktree_path, branch, base, timeout, new_branch=new_branch
+        )
+
+
+async def remove_worktree(
+    repo_root: str, worktree_path: str, timeout: float = DEFAULT_TIMEOUT
+) -> None:
+    """Remove a worktree and its folder; its branch is never deleted."""
+    async with _repo_lock(repo_root):
+        await _remove_worktree_unlocked(repo_root, worktree_path, timeout)
+
+
+async def archive_branch(
+    repo_root: str, branch: str, timeout: float = DEFAULT_TIMEOUT
+) -> str | None:
+    """Rename a branch that holds unique commits out of the way; see the unlocked version."""
+    async with _repo_lock(repo_root):
+        return await _archive_branch_unlocked(repo_root, branch, timeout)
+
+
+async def reset_branch(
+    repo_root: str, branch: str, base: str, timeout: float = DEFAULT_TIMEOUT
+) -> None:
+    """Point ``branch`` at ``base`` (it must not be checked out anywhere)."""
+    async with _repo_lock(repo_root):
+        await _reset_branch_unlocked(repo_root, branch, base, timeout)

@@ -473,3 +473,20 @@ async def test_cancelled_run_git_kills_git(git_repo: Path, tmp_path: Path) -> No
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await wait_gone(int(pid_file.read_text()))
+
+
+async def test_concurrent_adds_in_one_repository_all_succeed(
+    tmp_path: Path, git_repo: Path
+) -> None:
+    # Every folder has the same last name, so git must pick distinct admin dirs for each.
+    paths = [tmp_path / "wt" / f"s{i}" / "repo" for i in range(8)]
+    await asyncio.gather(
+        *(
+            wt.add_worktree(str(git_repo), str(p), f"corral/c{i}", "main", new_branch=True)
+            for i, p in enumerate(paths)
+        )
+    )
+    for path in paths:
+        assert (path / "README.md").read_text() == "hello\n"
+    await asyncio.gather(*(wt.remove_worktree(str(git_repo), str(p)) for p in paths))
+    assert not any(p.exists() for p in paths)

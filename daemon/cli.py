@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from daemon import __version__, attach
 from daemon.log import configure_logging
+from daemon.middlewares import is_loopback
 from daemon.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger(__name__)
@@ -53,18 +53,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(settings: Settings) -> None:
     """Refuse a non-loopback bind unless the operator overrides it, loudly."""
-    if is_loopback_host(settings.server.host):
+    if is_loopback(settings.server.host):
         return
     if not settings.server.allow_remote_without_auth:
         raise SettingsError(

@@ -84,7 +84,7 @@ def _host_name(host: str) -> str:
     return host
 
 
-def _is_loopback(name: str) -> bool:
+def is_loopback(name: str) -> bool:
     if name == "localhost":
         return True
     try:
@@ -117,7 +117,7 @@ class OriginPolicy:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return False
-        return _is_loopback(parts.hostname) and parts.path == ""
+        return is_loopback(parts.hostname) and parts.path == ""
 
 
 def _is_upgrade(request: web.Request) -> bool:

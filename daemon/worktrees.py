@@ -15,11 +15,11 @@ everything it started (hooks, aliases, credential helpers) are killed.
 from __future__ import annotations
 
 import asyncio
-import weakref
 import contextlib
 import os
 import shutil
 import signal
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path

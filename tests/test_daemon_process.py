@@ -85,6 +85,13 @@ async def running(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
             daemon.signal(signal.SIGTERM)
 
 
+async def post_session(http: aiohttp.ClientSession, repo: Path) -> str:
+    async with http.post("/api/sessions", json={"repo_path": str(repo), "prompt": "x"}) as response:
+        assert response.status == 201, await response.text()
+        session_id: str = (await response.json())["session"]["id"]
+        return session_id
+
+
 async def poll(http: aiohttp.ClientSession, session_id: str, statuses: set[str]) -> dict[str, Any]:
     for _ in range(400):
         async with http.get(f"/api/sessions/{session_id}") as response:
@@ -100,11 +107,7 @@ async def test_sigterm_leaves_containers_running_and_restart_adopts_them(
 ) -> None:
     daemon = Daemon(daemon_dir, busybox_image)
     async with running(daemon) as http:
-        async with http.post(
-            "/api/sessions", json={"repo_path": str(git_repo), "prompt": "x"}
-        ) as response:
-            assert response.status == 201
-            sid = (await response.json())["session"]["id"]
+        sid = await post_session(http, git_repo)
         session = await poll(http, sid, {"running", "failed"})
         assert session["status"] == "running", session
         assert daemon.signal(signal.SIGTERM) == 0
@@ -124,10 +127,7 @@ async def test_sigkill_during_create_leaves_a_consistent_store(
 ) -> None:
     daemon = Daemon(daemon_dir, busybox_image)
     async with running(daemon) as http:
-        async with http.post(
-            "/api/sessions", json={"repo_path": str(git_repo), "prompt": "x"}
-        ) as response:
-            sid = (await response.json())["session"]["id"]
+        sid = await post_session(http, git_repo)
         daemon.signal(signal.SIGKILL)
 
     again = Daemon(daemon_dir, busybox_image)
@@ -192,10 +192,7 @@ async def test_console_reattaches_after_sigkill(
 ) -> None:
     daemon = Daemon(daemon_dir, busybox_image)
     async with running(daemon) as http:
-        async with http.post(
-            "/api/sessions", json={"repo_path": str(git_repo), "prompt": "x"}
-        ) as response:
-            sid = (await response.json())["session"]["id"]
+        sid = await post_session(http, git_repo)
         await poll(http, sid, {"running"})
         ws = await http.ws_connect(f"/ws/console/{sid}?cols=80&rows=24")
         await ws.send_bytes(b"echo before-$((20+1))\r")

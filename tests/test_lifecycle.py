@@ -26,6 +26,23 @@ def git_out(cwd: Path | str, *args: str) -> str:
     ).stdout.strip()
 
 
+async def create_two_repository_session(
+    client: Any, tmp_path: Path, **extra: Any
+) -> dict[str, Any]:
+    first = make_repo(tmp_path / "first")
+    second = make_repo(tmp_path / "second")
+    return await create_running(
+        client,
+        first,
+        repo_path=None,
+        repositories=[
+            {"path": str(first), "mount_name": "first"},
+            {"path": str(second), "mount_name": "second"},
+        ],
+        **extra,
+    )
+
+
 async def act(client: Any, session_id: str, action: str, status: int = 200) -> dict[str, Any]:
     response = await client.post(f"/api/sessions/{session_id}/{action}")
     body = await response.json()
@@ -146,22 +163,7 @@ async def test_recreate_fresh_resets_worktree_and_keeps_commits(
 async def test_git_works_inside_container_for_primary_and_secondary(
     client: Any, tmp_path: Path
 ) -> None:
-    first = make_repo(tmp_path / "first")
-    second = make_repo(tmp_path / "second")
-    response = await client.post(
-        "/api/sessions",
-        json={
-            "prompt": "multi",
-            "repositories": [
-                {"path": str(first), "mount_name": "first"},
-                {"path": str(second), "mount_name": "second"},
-            ],
-        },
-    )
-    assert response.status == 201, await response.text()
-    sid = (await response.json())["session"]["id"]
-    session = await wait_for(client, sid, lambda s: s["status"] != "creating")
-    assert session["status"] == "running", session
+    session = await create_two_repository_session(client, tmp_path)
     assert [r["mount_name"] for r in session["repositories"]] == ["first", "second"]
     assert [r["is_primary"] for r in session["repositories"]] == [True, False]
     # busybox has no git: check the mounts git needs instead, then run git from the host
@@ -313,23 +315,8 @@ async def test_progress_is_published_in_order(client: Any, git_repo: Path) -> No
 async def test_git_status_inside_agent_image_for_primary_and_secondary(
     client: Any, tmp_path: Path, agent_image: str
 ) -> None:
-    first = make_repo(tmp_path / "first")
-    second = make_repo(tmp_path / "second")
-    response = await client.post(
-        "/api/sessions",
-        json={
-            "prompt": "multi",
-            "image": agent_image,
-            "repositories": [
-                {"path": str(first), "mount_name": "first"},
-                {"path": str(second), "mount_name": "second"},
-            ],
-        },
-    )
-    assert response.status == 201, await response.text()
-    sid = (await response.json())["session"]["id"]
-    session = await wait_for(client, sid, lambda s: s["status"] != "creating")
-    assert session["status"] == "running", session
+    session = await create_two_repository_session(client, tmp_path, image=agent_image)
+    first = Path(session["repositories"][0]["path"])
     cid = session["container_id"]
     (Path(session["repositories"][1]["worktree_path"]) / "new.txt").write_text("n\n")
     primary = docker_exec(cid, "git", "-C", "/workspace", "status", "--porcelain", "--branch")

@@ -170,46 +170,23 @@ async def delete_session(request: web.Request) -> web.Response:
     return dump(SessionEnvelope(session=manager.to_api(record)), status=202)
 
 
-@ROUTES.route(
-    "POST",
-    f"{SESSION}/archive",
-    "Archive: remove the container, keep everything else",
-    response=SessionEnvelope,
-    errors=(404, 409, 500, 503),
-    tags=TAGS,
-)
-async def archive_session(request: web.Request) -> web.Response:
-    manager = _manager(request)
-    await manager.archive(request.match_info["session_id"])
-    return _session(request, manager)
+def _action_route(action: str, summary: str) -> None:
+    """``POST /api/sessions/{id}/<action>``: run the manager's action, answer the session."""
+
+    async def handler(request: web.Request) -> web.Response:
+        manager = _manager(request)
+        await getattr(manager, action)(request.match_info["session_id"])
+        return _session(request, manager)
+
+    handler.__name__ = f"{action}_session"
+    ROUTES.route("POST", f"{SESSION}/{action}", summary, response=SessionEnvelope,
+                 errors=(404, 409, 500, 503), tags=TAGS)(handler)  # fmt: skip
 
 
-@ROUTES.route(
-    "POST",
-    f"{SESSION}/unarchive",
-    "Unarchive: a new container on the same worktree",
-    response=SessionEnvelope,
-    errors=(404, 409, 500, 503),
-    tags=TAGS,
-)
-async def unarchive_session(request: web.Request) -> web.Response:
-    manager = _manager(request)
-    await manager.unarchive(request.match_info["session_id"])
-    return _session(request, manager)
-
-
-@ROUTES.route(
-    "POST",
-    f"{SESSION}/start",
-    "Start a stopped container",
-    response=SessionEnvelope,
-    errors=(404, 409, 500, 503),
-    tags=TAGS,
-)
-async def start_session(request: web.Request) -> web.Response:
-    manager = _manager(request)
-    await manager.start(request.match_info["session_id"])
-    return _session(request, manager)
+_action_route("archive", "Archive: remove the container, keep everything else")
+_action_route("unarchive", "Unarchive: a new container on the same worktree")
+_action_route("start", "Start a stopped container")
+_action_route("refresh", "Re-resolve the image (pull if a registry answers), then recreate")
 
 
 @ROUTES.route(
@@ -242,20 +219,6 @@ async def recreate_session(request: web.Request) -> web.Response:
 async def recreate_fresh_session(request: web.Request) -> web.Response:
     manager = _manager(request)
     await manager.recreate(request.match_info["session_id"], fresh=True)
-    return _session(request, manager)
-
-
-@ROUTES.route(
-    "POST",
-    f"{SESSION}/refresh",
-    "Re-resolve the image (pull if a registry answers), then recreate",
-    response=SessionEnvelope,
-    errors=(404, 409, 500, 503),
-    tags=TAGS,
-)
-async def refresh_session(request: web.Request) -> web.Response:
-    manager = _manager(request)
-    await manager.refresh(request.match_info["session_id"])
     return _session(request, manager)
 
 

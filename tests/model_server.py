@@ -4,7 +4,8 @@ One aiohttp app on 127.0.0.1 (random port) speaks the two wire protocols the age
 
 * Anthropic Messages API for Claude Code: ``POST /v1/messages`` (Claude Code adds
   ``?beta=true``), answered as SSE when the body says ``stream: true`` and as one JSON
-  message otherwise; ``POST /v1/messages/count_tokens`` gets a rough count.
+  message otherwise; ``POST /v1/messages/count_tokens`` (part of the API, not seen from
+  the CLI) gets a rough count.
 * OpenAI Responses API for Codex: ``POST /v1/responses``, always SSE.
 
 Everything else (Claude Code's ``HEAD /`` connectivity check included) gets 404.
@@ -23,13 +24,16 @@ several blocks in one answer, ``Hold()`` makes the request wait until the test c
 ``exec_command {"cmd": c}``; any other tool name goes through unchanged as a
 ``function_call``, so ``ToolUse("exec_command", {"cmd": c})`` works as well.
 
-Side requests (Claude Code's quota probe and title/summary generation, which run beside the
-conversation when non-essential traffic is allowed) are recognised by ``is_side_request``
-and answered with a short text without consuming the script; they are kept in
-``server.side_requests``, apart from ``server.requests``.
+Side requests are Claude Code's helper calls beside the conversation; the one seen with
+2.1.197 is the session-title request, which the interactive TUI makes at the first prompt
+even with non-essential traffic disabled (headless ``-p`` makes it only without that
+setting). ``is_side_request`` recognises them; they get a harmless answer (JSON when they ask
+for a schema) without consuming the script and are kept in ``server.side_requests``, apart
+from ``server.requests``.
 
-Use the ``model_server`` fixture (``pytest_plugins = ["tests.model_server"]``) or
-``async with ModelServer() as server``.
+The ``model_server`` fixture is ``model_server_fixture`` here (named apart so that importing
+it into a test module, ``from tests.model_server import model_server_fixture``, does not
+clash with the test's ``model_server`` argument); or ``async with ModelServer() as server``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -48,6 +52,7 @@ import pytest
 from aiohttp import web
 
 __all__ = [
+    "FAKE_API_KEY",
     "Error",
     "Hold",
     "ModelServer",
@@ -56,8 +61,11 @@ __all__ = [
     "Step",
     "Text",
     "ToolUse",
+    "claude_env",
+    "codex_config_toml",
     "is_side_request",
-    "model_server",
+    "model_server_fixture",
+    "side_answer",
     "sse_events",
 ]
 
@@ -100,7 +108,9 @@ class Reply:
 class Error:
     """An API error answer (HTTP ``status`` with the provider's error JSON).
 
-    Note that both CLIs retry 429 and 5xx with back-off: use a 4xx for a quick failure.
+    Claude Code retries 429 and 5xx up to 10 times with back-off (Codex too, unless its
+    provider says ``request_max_retries = 0`` as ``codex_config_toml`` does): use another
+    4xx for a quick failure.
     """
 
     status: int = 400
@@ -143,12 +153,17 @@ class RecordedRequest:
 
 # --- side requests ---------------------------------------------------------------------
 
-# Phrases from the system prompts of Claude Code's helper requests (title/topic
-# generation, summaries). The conversation's own system prompt never contains them.
+# Measured with Claude Code 2.1.197 (see tests/test_model_server.py and the report):
+# * headless ``-p`` with CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1: no side request at all;
+# * headless without it, and the interactive TUI with or without it: one title request at
+#   the first prompt, concurrent with the first turn: no ``tools``, ``thinking`` disabled,
+#   a system prompt "Generate a concise, sentence-case title (3-7 words) ..." and
+#   ``output_config.format`` = JSON schema ``{"title": string}``;
+# * no quota probe (``max_tokens: 1``) was seen with an API key; it is matched anyway.
+# Codex 0.169.0 (``codex exec``) made no side request.
 _SIDE_SYSTEM_MARKERS = (
-    "generate a concise",
-    "write a 5-10 word title",
-    "sentence-case title",
+    "generate a concise, sentence-case title",
+    # Helper prompts of earlier Claude Code versions (not seen with 2.1.197).
     "summarize this coding conversation",
     "analyze if this message indicates a new conversation topic",
 )
@@ -166,16 +181,43 @@ def _system_text(body: Json) -> str:
 def is_side_request(body: Json) -> bool:
     """True for a Claude Code request that is not a turn of the scripted conversation.
 
-    * The quota probe: ``max_tokens: 1`` and a single user message ``"quota"``.
-    * Title/topic/summary generation: the conversation always offers ``tools``; these
-      helpers offer none, or carry one of the helper system prompts.
+    The conversation always offers ``tools``; the helpers (title, summary, topic) offer none
+    or carry a helper system prompt; the quota probe asks for ``max_tokens: 1``.
     """
-    if body.get("max_tokens") == 1:
-        return True
-    if not body.get("tools"):
+    if body.get("max_tokens") == 1 or not body.get("tools"):
         return True
     system = _system_text(body).lower()
     return any(marker in system for marker in _SIDE_SYSTEM_MARKERS)
+
+
+def _fill_schema(schema: Json, text: str) -> Any:
+    """The smallest value that satisfies a simple JSON schema, strings set to ``text``."""
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        properties: Json = schema.get("properties", {})
+        required = schema.get("required", list(properties))
+        return {key: _fill_schema(properties.get(key, {}), text) for key in required}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return 0
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return text
+
+
+def side_answer(body: Json, text: str) -> Text:
+    """A harmless answer to a side request: JSON when the request asks for a schema."""
+    output_format = (body.get("output_config") or {}).get("format") or {}
+    if output_format.get("type") == "json_schema" and isinstance(output_format.get("schema"), dict):
+        return Text(json.dumps(_fill_schema(output_format["schema"], text)))
+    return Text(text)
 
 
 # --- wire formats ----------------------------------------------------------------------
@@ -227,8 +269,8 @@ class _Ids:
 
 def anthropic_message(
     blocks: Iterable[Text | ToolUse], model: str, ids: _Ids, input_tokens: int
-) -> tuple[Json, list[Json]]:
-    """The final message JSON and its content blocks (tool ids filled in)."""
+) -> Json:
+    """The complete message JSON (tool ids filled in), as a non-streaming answer gives it."""
     content: list[Json] = []
     for block in blocks:
         if isinstance(block, Text):
@@ -260,7 +302,7 @@ def anthropic_message(
             "service_tier": "standard",
         },
     }
-    return message, content
+    return message
 
 
 def anthropic_sse(message: Json) -> list[bytes]:
@@ -269,6 +311,8 @@ def anthropic_sse(message: Json) -> list[bytes]:
     start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
     frames = [_sse("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
+        opening: Json
+        deltas: list[Json]
         if block["type"] == "text":
             opening = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": part} for part in _chunks(block["text"])]
@@ -419,15 +463,79 @@ def codex_sse(items: list[Json], model: str, ids: _Ids, input_tokens: int) -> li
     return frames
 
 
+# --- agent configuration ---------------------------------------------------------------
+
+FAKE_API_KEY = "test-key-0123456789abcdefghij"  # fake; its last 20 characters are what
+# Claude Code's ~/.claude.json ``customApiKeyResponses.approved`` lists for the TUI.
+
+
+def claude_env(url: str, api_key: str = FAKE_API_KEY) -> dict[str, str]:
+    """Environment that points Claude Code at ``url`` and keeps it off every other host.
+
+    Measured with 2.1.197 in a sink network namespace: with these, headless and TUI runs
+    make no DNS lookup at all. Without ``CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL``
+    the TUI looks up downloads.claude.ai and github.com (plugin marketplace).
+    """
+    return {
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_API_KEY": api_key,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "DISABLE_AUTOUPDATER": "1",
+    }
+
+
+def codex_config_toml(url: str, env_key: str = "FAKE_KEY", model: str = "gpt-5.5") -> str:
+    """``$CODEX_HOME/config.toml`` that points Codex at ``url`` and nowhere else.
+
+    Measured with 0.169.0: without ``[features] plugins = false`` it runs
+    ``git ls-remote https://github.com/openai/plugins.git``; without ``[analytics]
+    enabled = false`` it tries to send metrics at exit (and waits ~5 s doing so). No
+    retries, so a broken script fails fast instead of backing off.
+
+    ``model`` is pinned to one in Codex's bundled catalog that uses plain function tools
+    (``exec_command`` in the request's ``tools``). The 0.169.0 default, ``gpt-6.1-sol``,
+    uses "code mode" instead: tools move into an ``additional_tools`` input item and the
+    model gets only a JavaScript ``exec`` tool. A model missing from the catalog works but
+    adds an ``error`` item ("Model metadata ... not found") to ``codex exec --json``.
+    """
+    return f"""model = "{model}"
+model_provider = "fake"
+check_for_update_on_startup = false
+
+[features]
+plugins = false
+
+[analytics]
+enabled = false
+
+[model_providers.fake]
+name = "fake"
+base_url = "{url}/v1"
+env_key = "{env_key}"
+wire_api = "responses"
+request_max_retries = 0
+stream_max_retries = 0
+"""
+
+
 # --- the server ------------------------------------------------------------------------
 
 
 class ModelServer:
     """The scripted server. ``await start()``/``close()`` or use it as an async context."""
 
-    def __init__(self, default_text: str = "(nothing scripted)") -> None:
+    def __init__(
+        self,
+        default_text: str = "(nothing scripted)",
+        side_request: Callable[[Json], bool] = is_side_request,
+    ) -> None:
         self.default_text = default_text
-        self.side_text = "ok"
+        # Strings in side answers; for the title request this becomes the session title.
+        self.side_text = "Scripted session"
+        self._is_side = side_request
         self.url = ""
         self.port = 0
         # Bodies of the conversation requests (side requests and 404s excluded), in order.
@@ -437,6 +545,7 @@ class ModelServer:
         self.log: list[RecordedRequest] = []
         self.unscripted = 0
         self._steps: list[Step] = []
+        self._holds: list[Hold] = []
         self._ids = _Ids()
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -446,6 +555,7 @@ class ModelServer:
     def script(self, *steps: Step) -> None:
         """Queue steps; each conversation request consumes one (``Hold`` adds a wait)."""
         self._steps.extend(steps)
+        self._holds.extend(step for step in steps if isinstance(step, Hold))
 
     @property
     def pending(self) -> list[Step]:
@@ -481,10 +591,9 @@ class ModelServer:
 
     async def close(self) -> None:
         if self._runner is not None:
-            # Release held requests so shutdown does not wait for them.
-            for step in self._steps:
-                if isinstance(step, Hold):
-                    step.release()
+            # Release held requests (reached or not) so shutdown does not wait for them.
+            for hold in self._holds:
+                hold.release()
             await self._runner.cleanup()
             self._runner = None
 
@@ -554,16 +663,16 @@ class ModelServer:
         if body is None:
             return _anthropic_error(400, "body is not JSON")
         step: Step
-        if is_side_request(body):
+        if self._is_side(body):
             self.log[-1].kind = "side"
             self.side_requests.append(body)
-            step = Text(self.side_text)
+            step = side_answer(body, self.side_text)
         else:
             step = await self._next_step(body)
         if isinstance(step, Error):
             return _anthropic_error(step.status, step.message)
         assert not isinstance(step, Hold)
-        message, _ = anthropic_message(
+        message = anthropic_message(
             _blocks(step), str(body.get("model", "claude")), self._ids, _estimate_tokens(body)
         )
         if body.get("stream"):
@@ -599,8 +708,8 @@ def _codex_error(status: int, message: str) -> web.Response:
     )
 
 
-@pytest.fixture
-async def model_server() -> AsyncIterator[ModelServer]:
+@pytest.fixture(name="model_server")
+async def model_server_fixture() -> AsyncIterator[ModelServer]:
     """A started ``ModelServer`` on 127.0.0.1; closed after the test."""
     async with ModelServer() as server:
         yield server

@@ -30,6 +30,9 @@ from backends.base import (
     Mount,
 )
 from daemon import worktrees
+from daemon.agents.claude import ClaudeRunner
+from daemon.agents.codex import CodexRunner
+from daemon.agents.runner import AgentRunner
 from daemon.console import Consoles
 from daemon.errors import (
     ApiError,
@@ -124,6 +127,10 @@ class SessionManager:
     ) -> None:
         self.settings = settings
         self.consoles = consoles
+        self.runners: dict[str, AgentRunner] = {
+            "claude": ClaudeRunner(settings),
+            "codex": CodexRunner(settings),
+        }
         consoles.on_exit = self._agent_exited
         self.store = store
         self.hub = hub
@@ -437,7 +444,7 @@ class SessionManager:
             await op.step("worktrees", "Creating worktrees")
             made_worktrees = await self._ensure_worktrees(record, new_session=True)
             await op.step("home", "Preparing the agent home")
-            await asyncio.to_thread(self.agent_home(record.id).mkdir, parents=True, exist_ok=True)
+            await self._prepare_home(record)
             await self._launch(record, op, new_session=True)
             await self.store.end_operation(op_id, "done")
         except Exception as exc:
@@ -478,6 +485,26 @@ class SessionManager:
 
     # the container
 
+    def _runner(self, record: SessionRecord) -> AgentRunner | None:
+        if not self.settings.sessions.start_agent:
+            return None
+        return self.runners[record.agent]
+
+    def _agent_working_dir(self, record: SessionRecord) -> str:
+        if record.backend == "local":
+            return str(Path(record.primary.worktree_path) / record.primary.subdir)
+        subdir = record.primary.subdir
+        return f"{CONTAINER_WORKSPACE}/{subdir}" if subdir else CONTAINER_WORKSPACE
+
+    async def _prepare_home(self, record: SessionRecord) -> None:
+        home = self.agent_home(record.id)
+        await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
+        runner = self._runner(record)
+        if runner is not None:
+            await asyncio.to_thread(
+                runner.prepare_home, home, record, self._agent_working_dir(record)
+            )
+
     def _spec(self, record: SessionRecord) -> ContainerSpec:
         mounts: list[Mount] = []
         git_dirs: set[str] = set()
@@ -493,13 +520,21 @@ class SessionManager:
         user = None
         if self.settings.sessions.run_as_host_user:
             user = f"{os.getuid()}:{os.getgid()}"
+        env = {"HOME": CONTAINER_HOME, "CORRAL_SESSION_ID": record.id, "TERM": "xterm-256color"}
+        command = None
+        runner = self._runner(record)
+        if runner is not None:
+            launch = runner.launch(record, self._agent_working_dir(record))
+            command = launch.command
+            env.update(launch.env)
         return ContainerSpec(
             session_id=record.id,
             session_name=record.name,
             image=record.image or docker.default_image,
             working_dir=f"{CONTAINER_WORKSPACE}/{subdir}" if subdir else CONTAINER_WORKSPACE,
             mounts=tuple(mounts),
-            env={"HOME": CONTAINER_HOME, "CORRAL_SESSION_ID": record.id, "TERM": "xterm-256color"},
+            env=env,
+            command=command,
             user=user,
             cpu_limit=docker.cpu_limit or None,
             memory_limit=docker.memory_limit_mb * 1024 * 1024 or None,
@@ -512,8 +547,9 @@ class SessionManager:
     ) -> None:
         backend = self.backend_for(record)
         await op.step("container", "Creating the container")
-        if not new_session:  # a new session has no container to sweep
+        if not new_session:  # a new session has no container to sweep, its home is ready
             await self._remove_containers(record)
+            await self._prepare_home(record)
         info = await backend.create(self._spec(record))
         record.container_id = info.id
         await self.save(record, "container_id")
@@ -738,7 +774,6 @@ class SessionManager:
             else:
                 await op.step("worktrees", "Checking the worktrees")
                 await self._ensure_worktrees(record)
-            await asyncio.to_thread(self.agent_home(record.id).mkdir, parents=True, exist_ok=True)
             await self._launch(record, op)
             await self._mark_running(record)
 

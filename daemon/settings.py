@@ -60,6 +60,9 @@ class SessionSettings(Section):
     run_as_host_user: bool = Field(
         True, description="Run containers as the daemon's uid:gid so worktree files stay yours."
     )
+    start_agent: bool = Field(
+        True, description="Start the agent CLI in the session; false runs the image's command."
+    )
 
 
 class UploadSettings(Section):
@@ -75,6 +78,7 @@ class AgentSettings(Section):
     openai_api_key: SecretStr = Field(
         SecretStr(""), description="Passed to Codex; empty: OPENAI_API_KEY if set."
     )
+    openai_base_url: str = Field("", description="OpenAI-compatible endpoint for Codex.")
 
 
 class ConsoleSettings(Section):

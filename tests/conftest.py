@@ -104,7 +104,8 @@ def settings(tmp_path: Path, busybox_image: str) -> Settings:
         {
             "data_dir": str(tmp_path / "data"),
             "docker": {"default_image": busybox_image, "network_mode": "none"},
-            "sessions": {"git_timeout": 30},
+            # The busybox image has no agent CLI: its own command (a shell) runs instead.
+            "sessions": {"git_timeout": 30, "start_agent": False},
         }
     )
 

@@ -37,6 +37,7 @@ class Daemon:
             "CORRAL_CONFIG": str(data_dir / "absent.toml"),
             "CORRAL_DOCKER__DEFAULT_IMAGE": image,
             "CORRAL_DOCKER__NETWORK_MODE": "none",
+            "CORRAL_SESSIONS__START_AGENT": "false",
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"daemon-{self.port}.log"

@@ -1,0 +1,1 @@
+"""Agents: how each agent CLI is started, resumed and read."""

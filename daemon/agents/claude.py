@@ -1,0 +1,101 @@
+"""Claude Code: how it starts in the container, resumes, and what its home must hold.
+
+It runs interactively in the container's TTY (the terminal users see), keyed by the
+session id: ``--session-id`` on the first start, ``--resume`` once its transcript exists.
+The home is seeded so the TUI starts without onboarding or trust dialogs (TESTING.md), and
+its hooks append their JSON to a file in the home, which the daemon reads for the agent's
+state: the container needs no network path to the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from daemon.agents.runner import (
+    HOOKS_FILE,
+    TERMINAL_ENV,
+    AgentLaunch,
+    merge_json_file,
+    shell_entry,
+)
+from daemon.settings import Settings
+from daemon.store import SessionRecord
+
+CLI_VERSION = "2.1.197"
+HOOK_EVENTS = ("UserPromptSubmit", "PreToolUse", "PostToolUse", "Notification", "Stop")
+# Measured with 2.1.197: with these it makes no request but to the model endpoint.
+QUIET_ENV = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DISABLE_ERROR_REPORTING": "1",
+    "DISABLE_AUTOUPDATER": "1",
+}
+
+
+def project_dir_name(working_dir: str) -> str:
+    """Claude keys a project's transcripts on its cwd with every "/" made "-"."""
+    return working_dir.replace("/", "-")
+
+
+def transcript_path(home: Path, session_id: str, working_dir: str) -> Path:
+    return home / ".claude" / "projects" / project_dir_name(working_dir) / f"{session_id}.jsonl"
+
+
+class ClaudeRunner:
+    name = "claude"
+
+    def __init__(self, settings: Settings, environ: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.environ = dict(os.environ) if environ is None else environ
+
+    @property
+    def api_key(self) -> str:
+        configured = self.settings.agents.anthropic_api_key.get_secret_value()
+        return configured or self.environ.get("ANTHROPIC_API_KEY", "")
+
+    def prepare_home(self, home: Path, record: SessionRecord, working_dir: str) -> None:
+        (home / ".corral").mkdir(parents=True, exist_ok=True)
+        approved = [self.api_key[-20:]] if self.api_key else []
+        merge_json_file(
+            home / ".claude.json",
+            {
+                "hasCompletedOnboarding": True,
+                "lastOnboardingVersion": CLI_VERSION,
+                "theme": "dark",
+                "bypassPermissionsModeAccepted": True,
+                "customApiKeyResponses": {"approved": approved, "rejected": []},
+                "projects": {
+                    working_dir: {
+                        "hasTrustDialogAccepted": True,
+                        "hasCompletedProjectOnboarding": True,
+                    }
+                },
+            },
+        )
+        hook = {"type": "command", "command": f'{{ cat; echo; }} >> "$HOME/{HOOKS_FILE}"'}
+        merge_json_file(
+            home / ".claude" / "settings.json",
+            {"hooks": {event: [{"matcher": "", "hooks": [hook]}] for event in HOOK_EVENTS}},
+        )
+
+    def launch(self, record: SessionRecord, working_dir: str) -> AgentLaunch:
+        flags: list[str] = []
+        if record.model:
+            flags += ["--model", record.model]
+        if not record.no_plan_mode:
+            flags += ["--permission-mode", "plan"]
+        transcript = f'"$HOME/.claude/projects/{project_dir_name(working_dir)}/{record.id}.jsonl"'
+        command = shell_entry(
+            f"[ -s {transcript} ]",
+            ["claude", "--resume", record.id, *flags],
+            ["claude", "--session-id", record.id, *flags],
+        )
+        env = {**TERMINAL_ENV, **QUIET_ENV, "CORRAL_PROMPT": record.prompt}
+        if self.api_key:
+            env["ANTHROPIC_API_KEY"] = self.api_key
+        base_url = self.settings.agents.anthropic_base_url
+        if base_url:
+            env["ANTHROPIC_BASE_URL"] = base_url
+        return AgentLaunch(command, env)

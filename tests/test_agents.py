@@ -1,0 +1,140 @@
+"""The real agent CLIs as session agents: started, seeded, resumed, against the scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.agents.claude import ClaudeRunner, transcript_path
+from daemon.agents.codex import CodexRunner
+from daemon.app import create_app
+from daemon.keys import TASKS
+from daemon.settings import Settings
+from daemon.store import SessionRecord
+from tests.conftest import create_running, sweep_containers
+from tests.model_server import FAKE_API_KEY, ModelServer, Text, ToolUse, model_server_fixture
+from tests.test_console import open_console
+
+__all__ = ["model_server_fixture"]  # the fixture is used by name
+
+
+def record(**fields: Any) -> SessionRecord:
+    base: dict[str, Any] = {
+        "id": "0f0e0d0c-0000-4000-8000-000000000001",
+        "name": "n",
+        "backend": "docker",
+        "agent": "claude",
+        "status": "creating",
+        "prompt": 'Fix it; don\'t break "quotes" or $VARS',
+        "created_at": "2026-01-28T12:30:00Z",
+        "updated_at": "2026-01-28T12:30:00Z",
+        "repositories": [],
+    }
+    return SessionRecord.model_validate({**base, **fields})
+
+
+def test_claude_launch_first_start_then_resume(tmp_path: Path) -> None:
+    settings = Settings.model_validate(
+        {"agents": {"anthropic_api_key": "sk-ant-test-0123456789abcdefghij"}}
+    )
+    runner = ClaudeRunner(settings, environ={})
+    launch = runner.launch(record(model="claude-x"), "/workspace")
+    assert launch.command[:2] == ("/bin/sh", "-c")
+    script = launch.command[2]
+    assert "--session-id 0f0e0d0c-0000-4000-8000-000000000001" in script
+    assert "--resume 0f0e0d0c-0000-4000-8000-000000000001" in script
+    assert "--permission-mode plan" in script
+    assert "--model claude-x" in script
+    assert '"$CORRAL_PROMPT"' in script
+    assert "$VARS" not in script  # the prompt travels in the environment, never quoted
+    assert launch.env["CORRAL_PROMPT"] == record().prompt
+    assert launch.env["ANTHROPIC_API_KEY"] == "sk-ant-test-0123456789abcdefghij"
+    assert launch.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    unplanned = runner.launch(record(no_plan_mode=True), "/workspace")
+    assert "--permission-mode" not in unplanned.command[2]
+
+    home = tmp_path / "home"
+    (home).mkdir()
+    (home / ".claude.json").write_text(json.dumps({"numStartups": 7}))
+    runner.prepare_home(home, record(), "/workspace/sub")
+    seeded = json.loads((home / ".claude.json").read_text())
+    assert seeded["numStartups"] == 7  # the agent's own keys are kept
+    assert seeded["hasCompletedOnboarding"] is True
+    assert seeded["customApiKeyResponses"]["approved"] == ["0123456789abcdefghij"]
+    assert seeded["projects"]["/workspace/sub"]["hasTrustDialogAccepted"] is True
+    hooks = json.loads((home / ".claude" / "settings.json").read_text())["hooks"]
+    assert set(hooks) == {"UserPromptSubmit", "PreToolUse", "PostToolUse", "Notification", "Stop"}
+    assert transcript_path(home, "abc", "/workspace/sub").name == "abc.jsonl"
+    assert transcript_path(home, "abc", "/workspace/sub").parent.name == "-workspace-sub"
+
+
+def test_codex_config_points_at_the_configured_endpoint(tmp_path: Path) -> None:
+    settings = Settings.model_validate(
+        {"agents": {"openai_base_url": "http://127.0.0.1:9/v1", "openai_api_key": "sk-o"}}
+    )
+    runner = CodexRunner(settings, environ={})
+    runner.prepare_home(tmp_path, record(agent="codex", model='gpt "5"'), "/workspace")
+    config = (tmp_path / ".codex" / "config.toml").read_text()
+    import tomllib
+
+    parsed = tomllib.loads(config)
+    assert parsed["model"] == 'gpt "5"'
+    assert parsed["model_provider"] == "corral"
+    assert parsed["model_providers"]["corral"]["base_url"] == "http://127.0.0.1:9/v1"
+    assert parsed["features"]["plugins"] is False
+    launch = runner.launch(record(agent="codex"), "/workspace")
+    assert "resume --last" in launch.command[2]
+    assert launch.env["OPENAI_API_KEY"] == "sk-o"
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+async def test_claude_code_runs_as_the_session_agent(
+    aiohttp_client: Any,
+    settings: Settings,
+    git_repo: Path,
+    agent_image: str,
+    model_server: ModelServer,
+) -> None:
+    settings.sessions.start_agent = True
+    settings.docker.network_mode = "host"  # to reach the scripted model on 127.0.0.1
+    settings.agents.anthropic_base_url = model_server.url
+    settings.agents.anthropic_api_key = FAKE_API_KEY  # type: ignore[assignment]
+    model_server.script(
+        ToolUse("Bash", {"command": "echo hello > /workspace/out.txt", "description": "write"}),
+        Text("done"),
+    )
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    try:
+        session = await create_running(
+            client, git_repo, image=agent_image, no_plan_mode=True, prompt="write the file"
+        )
+        assert session["status"] == "running", session
+        viewer = await open_console(client, session["id"], "cols=120&rows=40")
+        first = (await model_server.wait_for_requests(1, timeout=90))[0]
+        assert "write the file" in json.dumps(first["messages"])
+        # Without skipped permissions the TUI asks before running Bash; Enter approves.
+        await viewer.until(b"proceed", timeout=60)
+        await viewer.ws.send_bytes(b"\r")
+        second = (await model_server.wait_for_requests(2, timeout=60))[1]
+        assert "tool_result" in json.dumps(second["messages"])
+        worktree = Path(session["worktree_path"])
+        assert (worktree / "out.txt").read_text() == "hello\n"
+        home = settings.data_dir / "sessions" / session["id"] / "home"
+        transcript = transcript_path(home, session["id"], "/workspace")
+        for _ in range(100):
+            if transcript.exists() and b'"done"' in transcript.read_bytes():
+                break
+            await asyncio.sleep(0.1)
+        assert b'"done"' in transcript.read_bytes()
+        hooks = (home / ".corral" / "hooks.jsonl").read_text()
+        assert "PreToolUse" in hooks
+        await viewer.ws.close()
+    finally:
+        await app[TASKS].wait(timeout=30)
+        sweep_containers(settings.data_dir)

@@ -546,3 +546,254 @@ def run_load(
         latencies=data["latencies"],
         client_cpu=data["client_cpu"],
     )
+
+
+# --- consoles: sessions, WebSocket viewers, the raw engine stream, PTYs ----------------------
+#
+# Used by console_throughput.py, console_latency.py and console_memory.py. Each console
+# benchmark reads terminals until a marker that the typed command does not contain:
+# ``echo end-<token>-$((n+1))`` prints ``end-<token>-<n+1>``; the token is new for every
+# run, so a marker can never come from output replayed out of a ring buffer.
+
+ENGINE_URL = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+RAW_READ_BYTES = 256 * 1024  # what the daemon's own attach reads at most, per read
+CONSOLE_SIZE = (80, 24)  # cols, rows: the size every console benchmark terminal gets
+# The busybox image has no agent CLI: sessions run the image's own command (a shell).
+SHELL_SESSIONS_ENV = {"CORRAL_SESSIONS__START_AGENT": "false"}
+
+
+def shell_marker(prefix: str) -> tuple[str, bytes]:
+    """(shell expression to echo, the bytes it prints): unique per call."""
+    token = uuid_token()
+    n = random.randrange(1000, 9000)
+    return f"{prefix}-{token}-$(({n}+1))", f"{prefix}-{token}-{n + 1}".encode()
+
+
+def uuid_token() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:10]
+
+
+class MarkerScanner:
+    """Finds ``marker`` in a stream fed in pieces, without joining the pieces."""
+
+    def __init__(self, marker: bytes) -> None:
+        self.marker = marker
+        self._tail = b""
+        self.found = False
+
+    def feed(self, data: bytes) -> bool:
+        if not self.found:
+            keep = len(self.marker) - 1
+            if self.marker in data or (keep and self.marker in self._tail + data[:keep]):
+                self.found = True
+            elif keep:
+                self._tail = (self._tail + data[-keep:])[-keep:]
+        return self.found
+
+
+async def create_session(
+    http: Any,
+    base: str,
+    repo: Path,
+    *,
+    backend: str = "docker",
+    name: str | None = None,
+    timeout: float = 90.0,
+) -> str:
+    """POST /api/sessions and poll until the session is running; returns its id."""
+    payload: dict[str, Any] = {"repo_path": str(repo), "prompt": "x", "backend": backend}
+    if name is not None:
+        payload["name"] = name
+    status, body = await api(http, "POST", f"{base}/api/sessions", json=payload)
+    if status != 201:
+        raise ApiError(f"POST /api/sessions: {status} {body}")
+    session_id = str(body["session"]["id"])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        status, body = await api(http, "GET", f"{base}/api/sessions/{session_id}")
+        state = body["session"]["status"] if status == 200 else f"http {status}"
+        if state == "running":
+            return session_id
+        if state != "creating":
+            raise ApiError(f"session {session_id} is {state}: {body}")
+        await asyncio.sleep(0.02)
+    raise ApiError(f"session {session_id} not running within {timeout} s")
+
+
+class ConsoleViewer:
+    """A /ws/console client (aiohttp) reading binary frames; control frames are kept aside."""
+
+    def __init__(self, ws: Any, http: Any) -> None:
+        self.ws = ws
+        self.http = http
+        self.controls: list[Any] = []
+
+    @classmethod
+    async def connect(cls, base: str, session_id: str, http: Any | None = None) -> ConsoleViewer:
+        import aiohttp
+
+        own = http is None
+        if http is None:
+            http = aiohttp.ClientSession()
+        cols, rows = CONSOLE_SIZE
+        url = f"{base.replace('http', 'ws', 1)}/ws/console/{session_id}?cols={cols}&rows={rows}"
+        try:
+            ws = await http.ws_connect(url, max_msg_size=0, autoping=True)
+        except BaseException:
+            if own:
+                await http.close()
+            raise
+        return cls(ws, http if own else None)
+
+    async def read(self, timeout: float | None = None) -> bytes | None:
+        """The next binary frame; None when the socket closed (or nothing within timeout)."""
+        import aiohttp
+
+        while True:
+            try:
+                message = await self.ws.receive(timeout=timeout)
+            except TimeoutError:
+                return None
+            if message.type is aiohttp.WSMsgType.BINARY:
+                return bytes(message.data)
+            if message.type is aiohttp.WSMsgType.TEXT:
+                self.controls.append(json.loads(message.data))
+                continue
+            raise ConnectionError(f"console closed: {message.type.name} {message.data!r} "
+                                  f"{message.extra!r} controls={self.controls}")  # fmt: skip
+
+    async def send(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        if self.http is not None:
+            await self.http.close()
+
+
+class RawAttach:
+    """The Engine API TTY stream of a container, hijacked, with plain asyncio streams.
+
+    ``POST /containers/{id}/attach?stream=1&stdin=1&stdout=1&stderr=1`` with ``Upgrade:
+    tcp``; after ``101`` the connection is the container's terminal, both ways.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, container_id: str, engine_url: str = ENGINE_URL) -> RawAttach:
+        if engine_url.startswith("unix://"):
+            reader, writer = await asyncio.open_unix_connection(
+                engine_url[len("unix://") :], limit=RAW_READ_BYTES
+            )
+        else:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(engine_url)
+            reader, writer = await asyncio.open_connection(
+                parts.hostname, parts.port or 2375, limit=RAW_READ_BYTES
+            )
+        writer.write(
+            f"POST /containers/{container_id}/attach?stream=1&stdin=1&stdout=1&stderr=1 "
+            "HTTP/1.1\r\nHost: docker\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            writer.close()
+            raise RuntimeError(f"attach refused: {head[:200]!r}")
+        return cls(reader, writer)
+
+    async def read(self, timeout: float | None = None) -> bytes | None:
+        try:
+            async with asyncio.timeout(timeout):  # no extra task per read, unlike wait_for
+                data = await self.reader.read(RAW_READ_BYTES)
+        except TimeoutError:
+            return None
+        if not data:
+            raise ConnectionError("the engine closed the attach stream")
+        return data
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+def raw_container_config(image: str, tag: str) -> dict[str, Any]:
+    """The terminal-relevant part of the daemon's container body, no mounts, labelled
+    ``corral.bench=<tag>`` for the sweep."""
+    return {
+        "Image": image,
+        "WorkingDir": "/tmp",
+        "Env": ["HOME=/tmp", "TERM=xterm-256color"],
+        "Labels": {LABEL_BENCH: tag},
+        "User": f"{os.getuid()}:{os.getgid()}",
+        "Tty": True,
+        "OpenStdin": True,
+        "StdinOnce": False,
+        "AttachStdin": True,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "HostConfig": {"Init": True, "NetworkMode": "none", "RestartPolicy": {"Name": "no"}},
+    }
+
+
+async def start_raw_container(docker: Any, image: str, tag: str) -> str:
+    """Create and start a busybox shell container like a session's; returns its id.
+
+    The caller removes it (``docker_sweep(LABEL_BENCH, tag)`` in a finally)."""
+    container = await docker.containers.create(raw_container_config(image, tag))
+    await container.start()
+    cols, rows = CONSOLE_SIZE
+    await container.resize(h=rows, w=cols)
+    return str(container.id)
+
+
+async def drain(read: Any, quiet: float = 0.2, limit: float = 10.0) -> int:
+    """Read (``read(timeout)`` -> bytes | None) until ``quiet`` s pass with nothing; bytes read."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    total = 0
+    while loop.time() < deadline:
+        data = await read(quiet)
+        if data is None:
+            return total
+        total += len(data)
+    return total
+
+
+async def read_until(read: Any, marker: bytes, timeout: float) -> int:
+    """Read until ``marker`` shows; returns the bytes read (marker's piece included)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    scanner = MarkerScanner(marker)
+    total = 0
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError(f"{marker!r} not seen within {timeout} s ({total} bytes read)")
+        data = await read(left)
+        if data is None:
+            continue
+        total += len(data)
+        if scanner.feed(data):
+            return total
+
+
+def schedstat(pid: int) -> tuple[float, float, int]:
+    """(seconds on CPU, seconds runnable but waiting for a CPU, time slices) of a process's
+    main thread, from /proc/<pid>/schedstat: the wait tells "busy" from "not scheduled"."""
+    on_cpu, waited, slices = Path(f"/proc/{pid}/schedstat").read_text().split()[:3]
+    return int(on_cpu) / 1e9, int(waited) / 1e9, int(slices)

@@ -30,6 +30,15 @@ EXPECTED = {
         "get_session_p99_under_load",
     },
     "memory.py": {"rss_with_sessions"},
+    "console_throughput.py": {"docker_throughput", "local_throughput"},
+    # needs terminado (its baseline): the script exits with a message saying so when missing
+    "console_latency.py": {
+        "idle_p99_vs_terminado",
+        "idle_p99_vs_raw",
+        "flood_p99_vs_terminado",
+        "flood_p99_vs_raw",
+    },
+    "console_memory.py": {"rss_per_full_session"},
 }
 METRIC_NUMBERS = ("measured", "baseline", "overhead", "samples")
 

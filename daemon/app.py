@@ -18,6 +18,7 @@ from aiohttp import WSCloseCode, web
 from backends.base import Backend
 from backends.docker import DockerBackend
 from backends.local import LocalBackend
+from daemon.agent_watch import AgentWatcher
 from daemon.console import Consoles
 from daemon.handlers import files, sessions, system  # noqa: F401 - they register routes
 from daemon.hub import EventHub
@@ -83,7 +84,10 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     await manager.load()
     app[MANAGER] = manager
     log.info("sessions_loaded", count=len(manager.records))
+    watcher = AgentWatcher(manager)
+    watcher.start()
     yield
+    await watcher.close()
     await tasks.close(timeout=app[SETTINGS].server.shutdown_timeout)
     # Detaching never stops an agent: containers keep running without the daemon.
     await consoles.close()

@@ -490,7 +490,7 @@ class SessionManager:
             return None
         return self.runners[record.agent]
 
-    def _agent_working_dir(self, record: SessionRecord) -> str:
+    def agent_working_dir(self, record: SessionRecord) -> str:
         if record.backend == "local":
             return str(Path(record.primary.worktree_path) / record.primary.subdir)
         subdir = record.primary.subdir
@@ -502,7 +502,7 @@ class SessionManager:
         runner = self._runner(record)
         if runner is not None:
             await asyncio.to_thread(
-                runner.prepare_home, home, record, self._agent_working_dir(record)
+                runner.prepare_home, home, record, self.agent_working_dir(record)
             )
 
     def _spec(self, record: SessionRecord) -> ContainerSpec:
@@ -524,7 +524,7 @@ class SessionManager:
         command = None
         runner = self._runner(record)
         if runner is not None:
-            launch = runner.launch(record, self._agent_working_dir(record))
+            launch = runner.launch(record, self.agent_working_dir(record))
             command = launch.command
             env.update(launch.env)
         return ContainerSpec(

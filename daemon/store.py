@@ -80,6 +80,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (session_id, seq)
     ) WITHOUT ROWID;
     """,
+    # 2: where each agent's transcript and hook file were read up to, and the parser state.
+    """
+    CREATE TABLE agent_cursors (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+        cursor TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -260,6 +268,7 @@ class Store:
         await self._write(
             [
                 ("DELETE FROM events WHERE session_id = ?", [session_id]),
+                ("DELETE FROM agent_cursors WHERE session_id = ?", [session_id]),
                 ("DELETE FROM sessions WHERE id = ?", [session_id]),
             ]
         )
@@ -294,6 +303,27 @@ class Store:
                 data["no_plan_mode"] = bool(data["no_plan_mode"])
                 records.append(SessionRecord(**data, repositories=repos.get(row["id"], [])))
         return records
+
+    # agent cursors
+
+    async def load_cursor(self, session_id: str) -> dict[str, Any] | None:
+        async with self.db.execute(
+            "SELECT cursor FROM agent_cursors WHERE session_id = ?", (session_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return dict(json.loads(row["cursor"])) if row else None
+
+    async def save_cursor(self, session_id: str, cursor: dict[str, Any]) -> None:
+        await self._write(
+            [
+                (
+                    "INSERT INTO agent_cursors (session_id, cursor, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(session_id) DO UPDATE SET cursor = excluded.cursor, "
+                    "updated_at = excluded.updated_at",
+                    [session_id, json.dumps(cursor), _ts(utcnow())],
+                )
+            ]
+        )
 
     # operations journal
 

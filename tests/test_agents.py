@@ -18,6 +18,15 @@ from daemon.store import SessionRecord
 from tests.conftest import create_running, sweep_containers
 from tests.model_server import FAKE_API_KEY, ModelServer, Text, ToolUse, model_server_fixture
 from tests.test_console import open_console
+from tests.test_events import Events, connect
+
+
+async def _next_assistant(events: Events, content: str) -> dict[str, Any]:
+    while True:
+        message = await events.next("chat_message", timeout=60)
+        if message["message"]["role"] == "assistant" and message["message"]["content"] == content:
+            return message
+
 
 __all__ = ["model_server_fixture"]  # the fixture is used by name
 
@@ -107,6 +116,8 @@ async def test_claude_code_runs_as_the_session_agent(
     model_server.script(
         ToolUse("Bash", {"command": "echo hello > /workspace/out.txt", "description": "write"}),
         Text("done"),
+        Text("second answer"),
+        Text("after recreate"),
     )
     app = create_app(settings)
     client = await aiohttp_client(app)
@@ -115,11 +126,16 @@ async def test_claude_code_runs_as_the_session_agent(
             client, git_repo, image=agent_image, no_plan_mode=True, prompt="write the file"
         )
         assert session["status"] == "running", session
-        viewer = await open_console(client, session["id"], "cols=120&rows=40")
+        sid = session["id"]
+        events = await connect(client)
+        await events.send(type="subscribe", session_id=sid, since_seq=0)
+        viewer = await open_console(client, sid, "cols=120&rows=40")
         first = (await model_server.wait_for_requests(1, timeout=90))[0]
         assert "write the file" in json.dumps(first["messages"])
         # Without skipped permissions the TUI asks before running Bash; Enter approves.
         await viewer.until(b"proceed", timeout=60)
+        waiting = await events.next("session_status", agent_state="waiting_approval")
+        assert waiting["status"] == "running"
         await viewer.ws.send_bytes(b"\r")
         second = (await model_server.wait_for_requests(2, timeout=60))[1]
         assert "tool_result" in json.dumps(second["messages"])
@@ -134,6 +150,44 @@ async def test_claude_code_runs_as_the_session_agent(
         assert b'"done"' in transcript.read_bytes()
         hooks = (home / ".corral" / "hooks.jsonl").read_text()
         assert "PreToolUse" in hooks
+
+        # The chat arrives on /ws/events exactly as the transcript holds it.
+        prompt = await events.next("chat_message", timeout=30)
+        assert prompt["message"]["role"] == "user"
+        assert prompt["message"]["content"] == "write the file"
+        call = await events.next("tool_call", timeout=30)
+        assert call["call"]["name"] == "Bash"
+        assert call["call"]["input"]["command"] == "echo hello > /workspace/out.txt"
+        result = await events.next("tool_result", timeout=30)
+        assert result["result"]["call_id"] == call["call"]["id"]
+        assert result["result"]["is_error"] is False
+        answer = await events.next("chat_message", timeout=30)
+        assert answer["message"] == {**answer["message"], "role": "assistant", "content": "done"}
+        assert prompt["seq"] < call["seq"] < result["seq"] < answer["seq"]
+        await events.next("session_status", agent_state="waiting_input", timeout=30)
+
+        # send_message is the user's next message; the model sees the whole conversation.
+        await events.send(type="send_message", session_id=sid, content="and now?")
+        third = (await model_server.wait_for_requests(3, timeout=60))[2]
+        assert "write the file" in json.dumps(third["messages"])
+        assert "and now?" in json.dumps(third["messages"])
+        reply = await _next_assistant(events, "second answer")
+        assert reply["message"]["content"] == "second answer"
+
+        # A new container resumes the same conversation from its transcript.
+        recreated = await client.post(f"/api/sessions/{sid}/recreate")
+        assert recreated.status == 200, await recreated.text()
+        viewer2 = await open_console(client, sid, "cols=120&rows=40")
+        # The resumed TUI shows its input hint, then is ready once it stops drawing.
+        await viewer2.until(b"shortcuts", timeout=60)
+        await viewer2.settle()
+        await events.send(type="send_message", session_id=sid, content="still there?")
+        fourth = (await model_server.wait_for_requests(4, timeout=90))[3]
+        history = json.dumps(fourth["messages"])
+        assert "write the file" in history
+        assert "and now?" in history
+        assert "still there?" in history
+        await viewer2.ws.close()
         await viewer.ws.close()
     finally:
         await app[TASKS].wait(timeout=30)

@@ -63,6 +63,17 @@ class Screen:
                 raise AssertionError(f"no {kind} control message; got {self.controls}")
             await self.pump(max(0.01, deadline - loop.time()))
 
+    async def settle(self, quiet: float = 1.5, timeout: float = 30) -> None:
+        """Wait until the screen has printed nothing for ``quiet`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            size = len(self.data)
+            await self.pump(quiet)
+            if len(self.data) == size and not self.controls:
+                return
+        raise AssertionError("the screen never settled")
+
     async def run(self, command: str, marker: str) -> bytes:
         await self.ws.send_bytes(command.encode() + b"\r")
         return await self.until(marker.encode())

@@ -1,0 +1,178 @@
+"""Follows each running agent's transcript and hook file; publishes chat events and agent_state.
+
+One loop polls every running session a few times a second (a stat and, when the file
+grew, a read, both in a worker thread), which keeps ``agent_state`` within a second of
+the hook that changed it and needs no file-watching API. The tail position and the
+parser's state are stored after each batch, so a restarted daemon resumes where it
+stopped; events already stored (matched by their message, call or result id) are never
+published twice, even if the daemon died between publishing and storing its position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from daemon.agents.claude import transcript_path
+from daemon.agents.claude_transcript import ClaudeTranscriptParser
+from daemon.agents.codex_rollout import ROLLOUT_GLOB, CodexRolloutParser
+from daemon.agents.runner import HOOKS_FILE
+from daemon.agents.transcript import ParsedEvent, TranscriptTailer, newest_file
+from daemon.manager import CHAT_EVENT_TYPES, SessionManager
+from daemon.models import AgentState, SessionStatus
+from daemon.store import SessionRecord
+
+log = structlog.get_logger(__name__)
+
+POLL_SECONDS = 0.25
+RECENT_EVENTS = 500  # stored chat events checked for duplicates after a restart
+
+# What each hook says about the agent. Notification carries its reason in "message".
+_HOOK_STATES = {
+    "UserPromptSubmit": AgentState.WORKING,
+    "PreToolUse": AgentState.WORKING,
+    "PostToolUse": AgentState.WORKING,
+    "Stop": AgentState.WAITING_INPUT,
+}
+
+
+class _Parser(Protocol):
+    def feed(self, records: list[dict[str, Any]]) -> list[ParsedEvent]: ...
+    def state(self) -> dict[str, Any]: ...
+
+
+def event_key(event_type: str, payload: dict[str, Any]) -> str | None:
+    """The id that names a chat event across restarts."""
+    if event_type == "chat_message":
+        return f"m:{payload['message'].get('id')}"
+    if event_type == "tool_call":
+        return f"c:{payload['call'].get('id')}"
+    if event_type == "tool_result":
+        return f"r:{payload['result'].get('call_id')}"
+    return None
+
+
+def state_from_hook(hook: dict[str, Any]) -> AgentState | None:
+    name = hook.get("hook_event_name")
+    if name == "Notification":
+        message = str(hook.get("message", "")).lower()
+        return AgentState.WAITING_APPROVAL if "permission" in message else AgentState.WAITING_INPUT
+    return _HOOK_STATES.get(str(name))
+
+
+@dataclass
+class _Watch:
+    transcript: TranscriptTailer | None
+    parser: _Parser
+    hooks: TranscriptTailer
+    seen: set[str] = field(default_factory=set)
+
+
+class AgentWatcher:
+    def __init__(self, manager: SessionManager, poll_seconds: float = POLL_SECONDS) -> None:
+        self.manager = manager
+        self.poll_seconds = poll_seconds
+        self._watches: dict[str, _Watch] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="agent-watch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_all()
+            await asyncio.sleep(self.poll_seconds)
+
+    async def poll_all(self) -> None:
+        if not self.manager.settings.sessions.start_agent:
+            return
+        for session_id in list(self._watches):
+            if session_id not in self.manager.records:
+                self._watches.pop(session_id)
+        for record in list(self.manager.records.values()):
+            # A stopped agent may have written its last lines just before it ended.
+            if record.status is SessionStatus.RUNNING or record.id in self._watches:
+                try:
+                    await self.poll(record)
+                except Exception:
+                    log.exception("agent_watch_failed", session_id=record.id)
+            if record.status is not SessionStatus.RUNNING:
+                self._watches.pop(record.id, None)
+
+    async def poll(self, record: SessionRecord) -> None:
+        watch = self._watches.get(record.id) or await self._open(record)
+        self._watches[record.id] = watch
+        moved = await self._read_transcript(record, watch)
+        moved = await self._read_hooks(record, watch) or moved
+        if moved:
+            await self.manager.store.save_cursor(record.id, self._cursor(watch))
+
+    async def _open(self, record: SessionRecord) -> _Watch:
+        cursor = await self.manager.store.load_cursor(record.id) or {}
+        home = self.manager.agent_home(record.id)
+        parser: _Parser
+        if record.agent == "codex":
+            parser = CodexRolloutParser.from_state(cursor["parser"]) if "parser" in cursor \
+                else CodexRolloutParser()  # fmt: skip
+        else:
+            parser = ClaudeTranscriptParser.from_state(cursor["parser"]) if "parser" in cursor \
+                else ClaudeTranscriptParser()  # fmt: skip
+        transcript = None
+        if cursor.get("transcript"):
+            transcript = TranscriptTailer(cursor["transcript"], cursor.get("offset", 0))
+        elif record.agent == "claude":
+            path = transcript_path(home, record.id, self.manager.agent_working_dir(record))
+            transcript = TranscriptTailer(path)
+        hooks = TranscriptTailer(home / HOOKS_FILE, cursor.get("hooks_offset", 0))
+        recent = await self.manager.store.events_tail(record.id, RECENT_EVENTS, CHAT_EVENT_TYPES)
+        seen = {k for e in recent if (k := event_key(e["type"], e)) is not None}
+        return _Watch(transcript, parser, hooks, seen)
+
+    async def _read_transcript(self, record: SessionRecord, watch: _Watch) -> bool:
+        if record.agent == "codex":
+            # Codex names its own rollout file; a resume may start a new one.
+            newest = await newest_file(self.manager.agent_home(record.id) / ".codex", ROLLOUT_GLOB)
+            if newest is not None and (watch.transcript is None or watch.transcript.path != newest):
+                watch.transcript = TranscriptTailer(newest)
+        if watch.transcript is None:
+            return False
+        before = watch.transcript.offset
+        records = await watch.transcript.read_new()
+        for event in watch.parser.feed(records):
+            key = event_key(event.type, event.payload)
+            if key is not None and key in watch.seen:
+                continue
+            if key is not None:
+                watch.seen.add(key)
+            await self.manager.hub.publish(event.type, record.id, **event.payload)
+        return watch.transcript.offset != before
+
+    async def _read_hooks(self, record: SessionRecord, watch: _Watch) -> bool:
+        before = watch.hooks.offset
+        state = None
+        for hook in await watch.hooks.read_new():
+            state = state_from_hook(hook) or state
+        if state is not None and state is not record.agent_state:
+            record.agent_state = state
+            await self.manager.save(record, "agent_state")
+            await self.manager.publish_status(record)
+        return watch.hooks.offset != before
+
+    @staticmethod
+    def _cursor(watch: _Watch) -> dict[str, Any]:
+        return {
+            "transcript": str(watch.transcript.path) if watch.transcript else None,
+            "offset": watch.transcript.offset if watch.transcript else 0,
+            "hooks_offset": watch.hooks.offset,
+            "parser": watch.parser.state(),
+        }

@@ -430,6 +430,16 @@ class PtyStream(TerminalStream):
             if exc.errno != errno.EIO:  # EIO: every process has closed the terminal
                 self._log.warning("pty_read_failed", error=str(exc))
             data = b""
+        # A PTY read returns at most about 4 KiB: take everything already there in one go,
+        # so a flood wakes the pipeline once per 64 KiB, not once per 4 KiB.
+        while data and len(data) < READ_BYTES:
+            try:
+                more = os.read(fd, READ_BYTES - len(data))
+            except OSError:  # EAGAIN, or EIO at the end: the next pump sees it
+                break
+            if not more:
+                break
+            data += more
         if not data:
             self._output_done = True
             # The master stays readable (EIO) from now on; leaving it in the loop would spin.

@@ -266,6 +266,8 @@ class Daemon:
             CORRAL_DOCKER__DEFAULT_IMAGE=self.image,
             CORRAL_DOCKER__NETWORK_MODE="none",
             CORRAL_LOGGING__LEVEL="warning",
+            # The bench images have no agent CLI: sessions run the image's own shell.
+            CORRAL_SESSIONS__START_AGENT="false",
             **self.extra_env,
         )
         self.proc = subprocess.Popen(

@@ -24,6 +24,7 @@ from ws.connection import Connection
 log = structlog.get_logger(__name__)
 
 SLICE_BYTES = 64 * 1024
+SMALL_PIECE = 4096
 MIN_COLS, MAX_COLS = 2, 1000
 MIN_ROWS, MAX_ROWS = 2, 500
 
@@ -41,7 +42,12 @@ class RingBuffer:
         self.truncated = False  # the buffer does not start at the terminal's first byte
 
     def append(self, data: bytes) -> None:
-        self._chunks.append(data)
+        # Tiny writes (a TUI redrawing a cursor) would cost far more in chunk objects than in
+        # bytes: they join the last chunk until it is a few KiB.
+        if len(data) < SMALL_PIECE and self._chunks and len(self._chunks[-1]) < SMALL_PIECE:
+            self._chunks[-1] += data
+        else:
+            self._chunks.append(data)
         self._size += len(data)
         self.end += len(data)
         # Whole chunks leave from the left; the first may still overhang the capacity.

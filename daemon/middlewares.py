@@ -71,6 +71,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         log.exception("unhandled_error", method=request.method, path=request.path)
+        if _is_upgrade(request):
+            # The socket may be prepared already; an HTTP body now would corrupt it.
+            raise
         return json_error(InternalError("internal error"))
 
 

@@ -92,7 +92,10 @@ async def console_socket(request: web.Request) -> web.WebSocketResponse:
     try:
         size = _size_from_query(request)
         if size is not None:
-            await attachment.resize(*size)
+            try:
+                await attachment.resize(*size)
+            except BackendError as exc:
+                viewer.send_json({"type": "error", "message": f"resize failed: {exc.message}"})
         attachment.add_viewer(viewer)
         async for message in ws:
             if message.type is WSMsgType.BINARY:

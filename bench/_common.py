@@ -266,10 +266,9 @@ class Daemon:
             CORRAL_DOCKER__DEFAULT_IMAGE=self.image,
             CORRAL_DOCKER__NETWORK_MODE="none",
             CORRAL_LOGGING__LEVEL="warning",
-            # The bench images have no agent CLI: sessions run the image's own shell.
-            CORRAL_SESSIONS__START_AGENT="false",
-            **self.extra_env,
+            **SHELL_SESSIONS_ENV,  # the bench images have no agent CLI: they run a shell
         )
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(
             [*self.command, "serve", "--host", "127.0.0.1", "--port",
              str(self.port), "--data-dir", str(self.data_dir)],

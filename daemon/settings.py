@@ -167,11 +167,11 @@ class SettingsError(ValueError):
     """The configuration could not be read or is invalid."""
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -217,8 +217,8 @@ def load_settings(
     elif config_path is not None:
         raise SettingsError(f"config file {path} does not exist")
     env = {k: v for k, v in environ.items() if k != "CORRAL_CONFIG"}
-    data = _merge(data, _env_overrides(env))
-    data = _merge(data, overrides or {})
+    data = deep_merge(data, _env_overrides(env))
+    data = deep_merge(data, overrides or {})
     try:
         return Settings.model_validate(data)
     except ValueError as exc:

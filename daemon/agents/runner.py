@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from daemon.settings import deep_merge
 from daemon.store import SessionRecord
 
 # The agent's terminal is the container's TTY; these make the CLIs look right in xterm.js.
@@ -55,14 +56,4 @@ def merge_json_file(path: Path, update: dict[str, Any]) -> None:
         except (OSError, json.JSONDecodeError):
             current = {}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_deep_merge(current, update), indent=2))
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    path.write_text(json.dumps(deep_merge(current, update), indent=2))

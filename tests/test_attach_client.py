@@ -38,7 +38,27 @@ pytestmark = pytest.mark.timeout(90)
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
 
-class Capture:
+class _Watched:
+    """Bytes that arrive over time, and a wait for a marker among them."""
+
+    data: bytearray
+    _grew: asyncio.Event
+
+    async def until(self, marker: bytes, timeout: float = 15) -> None:
+        async def seen() -> None:
+            while marker not in self.data:
+                self._grew.clear()
+                await self._grew.wait()
+
+        try:
+            await asyncio.wait_for(seen(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"{marker!r} not seen; tail: {bytes(self.data[-300:])!r}"
+            ) from None
+
+
+class Capture(_Watched):
     """An output sink that keeps everything, for asserting on."""
 
     def __init__(self) -> None:
@@ -55,19 +75,6 @@ class Capture:
 
     async def wait_below(self, limit: int) -> None:
         return None
-
-    async def until(self, marker: bytes, timeout: float = 15) -> None:
-        async def seen() -> None:
-            while marker not in self.data:
-                self._grew.clear()
-                await self._grew.wait()
-
-        try:
-            await asyncio.wait_for(seen(), timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"{marker!r} not seen; tail: {bytes(self.data[-300:])!r}"
-            ) from None
 
 
 class Attached:
@@ -372,7 +379,7 @@ def set_window(fd: int, cols: int, rows: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-class PtyScreen:
+class PtyScreen(_Watched):
     """The parent's end of a pseudo-terminal, read from the event loop."""
 
     def __init__(self, master: int) -> None:
@@ -389,19 +396,6 @@ class PtyScreen:
             except OSError:  # EIO: no slave left open
                 asyncio.get_running_loop().remove_reader(self.master)
         self._grew.set()
-
-    async def until(self, marker: bytes, timeout: float = 15) -> None:
-        async def seen() -> None:
-            while marker not in self.data:
-                self._grew.clear()
-                await self._grew.wait()
-
-        try:
-            await asyncio.wait_for(seen(), timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"{marker!r} not seen; tail: {bytes(self.data[-300:])!r}"
-            ) from None
 
     async def run(self, command: str, marker: str) -> None:
         os.write(self.master, command.encode() + b"\r")

@@ -299,6 +299,28 @@ def workdir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def bench_daemon(
+    prefix: str, image: str, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[Daemon, Path, Path]]:
+    """A running daemon, a real repository and the temporary root they live in.
+
+    On the way out the daemon stops, and every container it or the benchmark made (labelled
+    with the root) is swept, whatever happened in between.
+    """
+    with workdir(prefix) as root:
+        repo = make_repo(root / "repo")
+        daemon = Daemon(root / "data", image, extra_env=extra_env or {})
+        try:
+            daemon.start()
+            yield daemon, repo, root
+        finally:
+            daemon.stop()
+            swept = daemon.sweep() + docker_sweep(LABEL_BENCH, str(root))
+            if swept:
+                log.info("swept %d leftover containers", swept)
+
+
 # --- the HTTP client side ---------------------------------------------------------------------
 
 

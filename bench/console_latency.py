@@ -52,11 +52,11 @@ import aiodocker
 import aiohttp
 from _common import (
     LABEL_BENCH,
-    SHELL_SESSIONS_ENV,
     ConsoleViewer,
     Daemon,
     MarkerScanner,
     RawAttach,
+    bench_daemon,
     busybox_image,
     create_session,
     docker_sweep,
@@ -64,7 +64,6 @@ from _common import (
     emit,
     free_port,
     log,
-    make_repo,
     median,
     metric,
     percentile,
@@ -73,7 +72,6 @@ from _common import (
     setup,
     shell_marker,
     start_raw_container,
-    workdir,
 )
 
 WAYS = ("corral", "terminado", "raw")
@@ -398,17 +396,8 @@ def stats(values: list[float]) -> dict[str, float]:
 def main() -> None:
     args = setup(__doc__ or "")
     image = busybox_image()
-    with workdir("corral-bench-lat-") as root:
-        repo = make_repo(root / "repo")
-        daemon = Daemon(root / "data", image, extra_env=SHELL_SESSIONS_ENV)
-        try:
-            daemon.start()
-            r = asyncio.run(bench(daemon, repo, root, image, args.quick))
-        finally:
-            daemon.stop()
-            swept = daemon.sweep()
-            if swept:
-                log.info("swept %d leftover containers", swept)
+    with bench_daemon("corral-bench-lat-", image) as (daemon, repo, root):
+        r = asyncio.run(bench(daemon, repo, root, image, args.quick))
     metrics: dict[str, Any] = {}
     for phase in ("idle", "flood"):
         s = r["samples"][phase]

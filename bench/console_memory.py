@@ -22,22 +22,20 @@ from typing import Any
 
 import aiohttp
 from _common import (
-    SHELL_SESSIONS_ENV,
     ConsoleViewer,
     Daemon,
+    bench_daemon,
     busybox_image,
     create_session,
     delete_session,
     drain,
     emit,
     log,
-    make_repo,
     metric,
     read_until,
     rss_kib,
     setup,
     shell_marker,
-    workdir,
 )
 
 BUFFER_BYTES = 1024 * 1024  # the daemon's default console.buffer_bytes
@@ -122,17 +120,8 @@ def main() -> None:
     args = setup(__doc__ or "")
     count = 3 if args.quick else 20
     image = busybox_image()
-    with workdir("corral-bench-cmem-") as root:
-        repo = make_repo(root / "repo")
-        daemon = Daemon(root / "data", image, extra_env=SHELL_SESSIONS_ENV)
-        try:
-            daemon.start()
-            m = asyncio.run(measure(daemon, repo, count))
-        finally:
-            daemon.stop()
-            swept = daemon.sweep()
-            if swept:
-                log.info("swept %d leftover containers", swept)
+    with bench_daemon("corral-bench-cmem-", image) as (daemon, repo, _root):
+        m = asyncio.run(measure(daemon, repo, count))
     mib = 1024.0
     per_session = (m["full_kib"] - m["idle_kib"]) / count / mib
     metrics = {

@@ -31,11 +31,11 @@ import aiohttp
 from _common import (
     CONSOLE_SIZE,
     LABEL_BENCH,
-    SHELL_SESSIONS_ENV,
     ConsoleViewer,
     Daemon,
     MarkerScanner,
     RawAttach,
+    bench_daemon,
     busybox_image,
     cpu_seconds,
     create_session,
@@ -43,14 +43,12 @@ from _common import (
     drain,
     emit,
     log,
-    make_repo,
     median,
     metric,
     read_until,
     setup,
     shell_marker,
     start_raw_container,
-    workdir,
 )
 
 RUN_TIMEOUT = 180.0  # one run, seconds
@@ -244,17 +242,8 @@ def throughput_metric(
 def main() -> None:
     args = setup(__doc__ or "")
     image = busybox_image()
-    with workdir("corral-bench-tput-") as root:
-        repo = make_repo(root / "repo")
-        daemon = Daemon(root / "data", image, extra_env={**SHELL_SESSIONS_ENV, "SHELL": "/bin/sh"})
-        try:
-            daemon.start()
-            r = asyncio.run(bench(daemon, repo, root, image, args.quick))
-        finally:
-            daemon.stop()
-            swept = daemon.sweep()
-            if swept:
-                log.info("swept %d leftover containers", swept)
+    with bench_daemon("corral-bench-tput-", image, {"SHELL": "/bin/sh"}) as (daemon, repo, root):
+        r = asyncio.run(bench(daemon, repo, root, image, args.quick))
     metrics = {
         "docker_throughput": throughput_metric(r["docker"], 0.95, r["size"]),
         "local_throughput": throughput_metric(r["local"], 0.85, r["size"]),

@@ -15,7 +15,6 @@ Status is polled every ~4 ms (the daemon has no event socket yet).
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import time
 import uuid
@@ -38,6 +37,7 @@ from _common import (
     median,
     metric,
     percentile,
+    raw_container_config,
     setup,
     workdir,
 )
@@ -54,27 +54,14 @@ def raw_config(image: str, worktree: Path, repo: Path, home: Path, tag: str) -> 
     """The same container body the daemon sends (backends/docker.py container_config)."""
     mounts = [(str(worktree), "/workspace"), (str(repo / ".git"), str(repo / ".git")),
               (str(home), "/home/agent")]  # fmt: skip
-    return {
-        "Image": image,
-        "WorkingDir": "/workspace",
-        "Env": ["HOME=/home/agent", f"CORRAL_SESSION_ID={uuid.uuid4()}", "TERM=xterm-256color"],
-        "Labels": {LABEL_BENCH: tag},
-        "User": f"{os.getuid()}:{os.getgid()}",
-        "Tty": True,
-        "OpenStdin": True,
-        "StdinOnce": False,
-        "AttachStdin": True,
-        "AttachStdout": True,
-        "AttachStderr": True,
-        "HostConfig": {
-            "Init": True,
-            "Mounts": [
-                {"Type": "bind", "Source": s, "Target": t, "ReadOnly": False} for s, t in mounts
-            ],
-            "NetworkMode": "none",
-            "RestartPolicy": {"Name": "no"},
-        },
-    }
+    config = raw_container_config(image, tag)
+    config["WorkingDir"] = "/workspace"
+    config["Env"] = ["HOME=/home/agent", f"CORRAL_SESSION_ID={uuid.uuid4()}",
+                     "TERM=xterm-256color"]  # fmt: skip
+    config["HostConfig"]["Mounts"] = [
+        {"Type": "bind", "Source": s, "Target": t, "ReadOnly": False} for s, t in mounts
+    ]
+    return config
 
 
 class Raw:

@@ -19,15 +19,14 @@ from _common import (
     ApiError,
     Daemon,
     api,
+    bench_daemon,
     busybox_image,
     delete_session,
     emit,
     log,
-    make_repo,
     metric,
     rss_kib,
     setup,
-    workdir,
 )
 
 TIMEOUT = 120.0  # per batch
@@ -102,17 +101,8 @@ def main() -> None:
     args = setup(__doc__ or "")
     count, batch = (5, 5) if args.quick else (100, 10)
     image = busybox_image()
-    with workdir("corral-bench-mem-") as root:
-        repo = make_repo(root / "repo")
-        daemon = Daemon(root / "data", image)
-        try:
-            daemon.start()
-            m = asyncio.run(measure(daemon, repo, count, batch))
-        finally:
-            daemon.stop()
-            swept = daemon.sweep()
-            if swept:
-                log.info("swept %d leftover containers", swept)
+    with bench_daemon("corral-bench-mem-", image) as (daemon, repo, _root):
+        m = asyncio.run(measure(daemon, repo, count, batch))
     if m["running"] != count:
         raise SystemExit(f"only {m['running']} of {count} sessions were running")
     mb = 1e6 / 1024  # VmRSS is in KiB; report decimal MB as the target is given

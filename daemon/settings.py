@@ -81,6 +81,22 @@ class AgentSettings(Section):
     openai_base_url: str = Field("", description="OpenAI-compatible endpoint for Codex.")
 
 
+class MetadataSettings(Section):
+    ai_metadata: bool = Field(
+        False, description="Offer regenerate-metadata: name, description and tags by a model."
+    )
+    model: str = Field("claude-haiku-4-5", description="Model that writes the metadata.")
+    base_url: str = Field(
+        "", description="Anthropic-compatible endpoint; empty: agents.anthropic_base_url."
+    )
+    api_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key for that endpoint; empty: agents.anthropic_api_key, then "
+        "ANTHROPIC_API_KEY.",
+    )
+    timeout_seconds: float = Field(30.0, gt=0, description="Seconds before the model call fails.")
+
+
 class ConsoleSettings(Section):
     buffer_bytes: int = Field(
         1024 * 1024, ge=4096, description="Recent terminal output kept per session for redraws."
@@ -129,6 +145,7 @@ class Settings(Section):
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
+    metadata: MetadataSettings = Field(default_factory=MetadataSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

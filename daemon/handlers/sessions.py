@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from daemon import metadata
 from daemon.keys import HUB, LIST_CACHE, MANAGER
 from daemon.manager import SessionManager
 from daemon.models import (
@@ -150,6 +151,25 @@ ROUTES.route(
     errors=(400, 404, 409),
     tags=TAGS,
 )(_update_metadata)
+
+
+@ROUTES.route(
+    "POST",
+    f"{SESSION}/regenerate-metadata",
+    "Have a model write name, description and tags from the chat history",
+    response=SessionEnvelope,
+    errors=(404, 409, 500),
+    tags=TAGS,
+    description="Only with metadata.ai_metadata = true (else 409). Applied as PATCH "
+    "/metadata is: a new name is a display name only. When the model is unreachable, too "
+    "slow, answers non-2xx or not the JSON asked for: 500 BACKEND_ERROR with "
+    "details.reason (unreachable, timeout, http_status, invalid_answer) and the session "
+    "unchanged.",
+)
+async def regenerate_metadata(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    record = await metadata.regenerate(manager, request.match_info["session_id"])
+    return dump(SessionEnvelope(session=manager.to_api(record)))
 
 
 @ROUTES.route(

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 from backends.base import BackendError, TerminalStream
 
 READ_BYTES = 256 * 1024
-GATHER_AFTER = 16 * 1024  # a read at least this large means output is flowing fast
-GATHER_SECONDS = 0.002
+GATHER_AFTER = 2 * 1024  # output is flowing (an echo is a few bytes; a rest delays it <= 4 ms)
+GATHER_SECONDS = 0.004
 PAUSE_BYTES = 1024 * 1024  # unread output at which the socket stops being read
 HEAD_LIMIT = 64 * 1024
 
@@ -33,7 +33,8 @@ class _TtyProtocol(asyncio.Protocol):
         self.arrived = asyncio.Event()
         self.eof = False
         self.transport: asyncio.Transport | None = None
-        self._paused = False
+        self._paused = False  # the reader is behind by PAUSE_BYTES
+        self._resting = False  # a short pause after a large read, to gather the next one
         self._can_write = asyncio.Event()
         self._can_write.set()
 
@@ -69,10 +70,27 @@ class _TtyProtocol(asyncio.Protocol):
         del self.buffer[:limit]
         if not self.buffer:
             self.arrived.clear()
-        if self._paused and len(self.buffer) < PAUSE_BYTES // 2 and self.transport is not None:
+        if self._paused and len(self.buffer) < PAUSE_BYTES // 2:
             self._paused = False
-            self.transport.resume_reading()
+            self._resume()
         return data
+
+    def rest(self, seconds: float) -> None:
+        """Stop reading for ``seconds`` so that what the engine writes meanwhile is one read."""
+        if self.transport is None or self._resting or self._paused or self.eof:
+            return
+        self._resting = True
+        self.transport.pause_reading()
+        asyncio.get_running_loop().call_later(seconds, self._end_rest)
+
+    def _end_rest(self) -> None:
+        self._resting = False
+        if not self._paused:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing() and not self._resting:
+            self.transport.resume_reading()
 
     async def wait_writable(self) -> None:
         await self._can_write.wait()
@@ -134,9 +152,10 @@ class RawTerminal(TerminalStream):
                 return b""
             protocol.arrived.clear()
             await protocol.arrived.wait()
-        if len(protocol.buffer) >= GATHER_AFTER and not protocol.eof:
-            await asyncio.sleep(GATHER_SECONDS)
-        return protocol.take(READ_BYTES)
+        data = protocol.take(READ_BYTES)
+        if len(data) >= GATHER_AFTER:
+            protocol.rest(GATHER_SECONDS)
+        return data
 
     async def write(self, data: bytes) -> None:
         if self._transport.is_closing():

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from daemon.agents.claude_transcript import ClaudeTranscriptParser
 from daemon.agents.codex_rollout import CodexRolloutParser
 from daemon.agents.transcript import (
+    MAX_INPUT_STRING_BYTES,
     MAX_OUTPUT_BYTES,
     ParsedEvent,
     TranscriptTailer,
@@ -435,6 +436,31 @@ def test_tool_results_errors_lists_and_truncation() -> None:
     assert second["output"].startswith("x" * MAX_OUTPUT_BYTES)
     assert second["output"].endswith("[output truncated: 10 more bytes]")
     assert len(second["output"].encode()) < MAX_OUTPUT_BYTES + 100
+
+
+def test_large_tool_inputs_are_capped_keeping_their_shape() -> None:
+    content = "y" * (MAX_INPUT_STRING_BYTES * 20)
+    tool_input = {"file_path": "/workspace/big.txt", "content": content, "flags": [1, "z"]}
+    events = ClaudeTranscriptParser().feed(
+        [
+            assistant(
+                "a1",
+                None,
+                [{"type": "tool_use", "id": "t1", "name": "Write", "input": tool_input}],
+                "msg_w",
+                {"input_tokens": 1, "output_tokens": 1},
+            )
+        ]
+    )
+    (call,) = (e.payload["call"] for e in events if e.type == "tool_call")
+    capped = call["input"]
+    assert capped["file_path"] == "/workspace/big.txt"
+    assert capped["flags"] == [1, "z"]
+    assert capped["content"].startswith("y" * MAX_INPUT_STRING_BYTES)
+    assert capped["content"].endswith(
+        f"[output truncated: {len(content) - MAX_INPUT_STRING_BYTES} more bytes]"
+    )
+    assert len(json.dumps(call)) < MAX_INPUT_STRING_BYTES + 500
 
 
 def test_sidechain_meta_and_compact_records_make_no_events() -> None:

@@ -53,7 +53,13 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from daemon.agents.transcript import ParsedEvent, RecentKeys, format_timestamp, truncate_output
+from daemon.agents.transcript import (
+    ParsedEvent,
+    RecentKeys,
+    cap_input,
+    format_timestamp,
+    truncate_output,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -370,7 +376,7 @@ class ClaudeTranscriptParser:
                 tool_input = (
                     block.input if isinstance(block.input, dict) else {"input": block.input}
                 )
-                call = {"id": block.id, "name": block.name, "input": tool_input}
+                call = {"id": block.id, "name": block.name, "input": cap_input(tool_input)}
                 events.append(ParsedEvent("tool_call", {"call": call}, timestamp, record.uuid))
         return events
 

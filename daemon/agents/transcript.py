@@ -33,6 +33,7 @@ ChatEventType = Literal["chat_message", "tool_call", "tool_result"]
 # A tool's output can be a whole file or a build log; events are stored and sent to every
 # viewer, so each is capped. 64 KiB keeps a useful head of any output.
 MAX_OUTPUT_BYTES = 64 * 1024
+MAX_INPUT_STRING_BYTES = 16 * 1024  # per string value of a tool call's input
 # Bytes read per step: large enough for a burst of records in one thread hop, small enough
 # that the first read of a long transcript does not hold tens of MiB at once.
 READ_CHUNK_BYTES = 4 * 1024 * 1024
@@ -69,6 +70,21 @@ def format_timestamp(value: object) -> str | None:
         parsed = parsed.replace(tzinfo=UTC)
     text = parsed.astimezone(UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
+
+
+def cap_input(value: Any, limit: int = MAX_INPUT_STRING_BYTES) -> Any:
+    """A tool call's input with every long string in it cut to ``limit`` bytes plus a marker.
+
+    A ``Write`` of a large file carries the whole file in its input; the chat needs its
+    shape and a head of each value, not megabytes in every event and every replay.
+    """
+    if isinstance(value, str):
+        return truncate_output(value, limit)
+    if isinstance(value, dict):
+        return {key: cap_input(item, limit) for key, item in value.items()}
+    if isinstance(value, list):
+        return [cap_input(item, limit) for item in value]
+    return value
 
 
 def truncate_output(text: str, limit: int = MAX_OUTPUT_BYTES) -> str:

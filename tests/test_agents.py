@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from daemon.agents.claude import ClaudeRunner, transcript_path
@@ -26,6 +27,23 @@ async def _next_assistant(events: Events, content: str) -> dict[str, Any]:
         message = await events.next("chat_message", timeout=60)
         if message["message"]["role"] == "assistant" and message["message"]["content"] == content:
             return message
+
+
+async def _events_until_assistant(
+    events: Events, session_id: str, content: str
+) -> list[dict[str, Any]]:
+    """Every event of the session, in arrival order, up to the assistant's ``content``."""
+    seen: list[dict[str, Any]] = []
+    while True:
+        message = await events.ws.receive(timeout=60)
+        assert message.type == aiohttp.WSMsgType.TEXT, message
+        event = json.loads(message.data)
+        if event.get("session_id") != session_id or "seq" not in event:
+            continue
+        seen.append(event)
+        chat = event.get("message") or {}
+        if event["type"] == "chat_message" and chat.get("content") == content:
+            return seen
 
 
 __all__ = ["model_server_fixture"]  # the fixture is used by name
@@ -166,13 +184,26 @@ async def test_claude_code_runs_as_the_session_agent(
         assert prompt["seq"] < call["seq"] < result["seq"] < answer["seq"]
         await events.next("session_status", agent_state="waiting_input", timeout=30)
 
-        # send_message is the user's next message; the model sees the whole conversation.
-        await events.send(type="send_message", session_id=sid, content="and now?")
+        # The client goes away mid-conversation; the next turn runs while nobody listens
+        # (the message arrives over REST), and a new socket resumes from the last seq seen
+        # with nothing missed and nothing twice.
+        last_seen = max(e["seq"] for e in [*events.received, answer] if e.get("seq"))
+        await events.ws.close()
+        sent = await client.post(f"/api/sessions/{sid}/message", json={"content": "and now?"})
+        assert sent.status == 202, await sent.text()
         third = (await model_server.wait_for_requests(3, timeout=60))[2]
         assert "write the file" in json.dumps(third["messages"])
         assert "and now?" in json.dumps(third["messages"])
-        reply = await _next_assistant(events, "second answer")
-        assert reply["message"]["content"] == "second answer"
+        events = await connect(client)
+        await events.send(type="subscribe", session_id=sid, since_seq=last_seen)
+        resumed = await _events_until_assistant(events, sid, "second answer")
+        seqs = [e["seq"] for e in resumed]
+        assert seqs == list(range(last_seen + 1, last_seen + 1 + len(seqs))), seqs
+        chat = [e["message"] for e in resumed if e["type"] == "chat_message"]
+        assert [(m["role"], m["content"]) for m in chat] == [
+            ("user", "and now?"),
+            ("assistant", "second answer"),
+        ]
 
         # A new container resumes the same conversation from its transcript.
         recreated = await client.post(f"/api/sessions/{sid}/recreate")

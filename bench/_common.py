@@ -245,6 +245,7 @@ class Daemon:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None  # the daemon's stderr goes here instead of ours
     # the program and arguments before "serve" (default: the venv's corral entry point)
     command: list[str] = field(default_factory=lambda: [str(VENV_BIN / "corral")])
 
@@ -269,14 +270,17 @@ class Daemon:
             **SHELL_SESSIONS_ENV,  # the bench images have no agent CLI: they run a shell
         )
         env.update(self.extra_env)
+        stderr: Any = sys.stderr if self.log_path is None else self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*self.command, "serve", "--host", "127.0.0.1", "--port",
              str(self.port), "--data-dir", str(self.data_dir)],
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=sys.stderr,
-            stderr=sys.stderr,
+            stdout=stderr,
+            stderr=stderr,
         )  # fmt: skip
+        if stderr is not sys.stderr:
+            stderr.close()  # the child holds its own copy
         wait_http(f"{self.url}/health", timeout=timeout, proc=self.proc)
         log.info("daemon pid %d on %s (data %s)", self.proc.pid, self.url, self.data_dir)
 
@@ -644,6 +648,33 @@ async def create_session(
             raise ApiError(f"session {session_id} is {state}: {body}")
         await asyncio.sleep(0.02)
     raise ApiError(f"session {session_id} not running within {timeout} s")
+
+
+async def create_batch(
+    http: Any, base: str, repo: Path, names: list[str], timeout: float = 120.0
+) -> list[str]:
+    """Create the sessions at once, then poll the list until every one is running."""
+
+    async def post(name: str) -> str:
+        payload = {"repo_path": str(repo), "prompt": "x", "name": name}
+        status, body = await api(http, "POST", f"{base}/api/sessions", json=payload)
+        if status != 201:
+            raise ApiError(f"POST {name}: {status} {body}")
+        return str(body["session"]["id"])
+
+    ids = await asyncio.gather(*(post(n) for n in names))
+    wanted = set(ids)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, body = await api(http, "GET", f"{base}/api/sessions", params={"limit": "1000"})
+        states = {s["id"]: s["status"] for s in body["sessions"] if s["id"] in wanted}
+        bad = {k: v for k, v in states.items() if v not in ("creating", "running")}
+        if bad:
+            raise ApiError(f"sessions failed: {bad}")
+        if len(states) == len(wanted) and all(v == "running" for v in states.values()):
+            return list(ids)
+        await asyncio.sleep(0.05)
+    raise ApiError(f"batch {names[0]}.. not running within {timeout} s")
 
 
 class ConsoleViewer:

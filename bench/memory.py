@@ -16,11 +16,11 @@ from typing import Any
 
 import aiohttp
 from _common import (
-    ApiError,
     Daemon,
     api,
     bench_daemon,
     busybox_image,
+    create_batch,
     delete_session,
     emit,
     log,
@@ -29,40 +29,12 @@ from _common import (
     setup,
 )
 
-TIMEOUT = 120.0  # per batch
-POLL = 0.05
-
 
 def vm_hwm_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
-
-
-async def create_batch(
-    http: aiohttp.ClientSession, base: str, repo: Path, names: list[str]
-) -> list[str]:
-    async def post(name: str) -> str:
-        payload = {"repo_path": str(repo), "prompt": "x", "name": name}
-        status, body = await api(http, "POST", f"{base}/api/sessions", json=payload)
-        if status != 201:
-            raise ApiError(f"POST {name}: {status} {body}")
-        return str(body["session"]["id"])
-
-    ids = await asyncio.gather(*(post(n) for n in names))
-    wanted = set(ids)
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        _, body = await api(http, "GET", f"{base}/api/sessions", params={"limit": "1000"})
-        states = {s["id"]: s["status"] for s in body["sessions"] if s["id"] in wanted}
-        bad = {k: v for k, v in states.items() if v not in ("creating", "running")}
-        if bad:
-            raise ApiError(f"sessions failed: {bad}")
-        if len(states) == len(wanted) and all(v == "running" for v in states.values()):
-            return list(ids)
-        await asyncio.sleep(POLL)
-    raise ApiError(f"batch {names[0]}.. not running within {TIMEOUT} s")
 
 
 async def measure(daemon: Daemon, repo: Path, count: int, batch: int) -> dict[str, Any]:

@@ -31,6 +31,11 @@ setting). ``is_side_request`` recognises them; they get a harmless answer (JSON 
 for a schema) without consuming the script and are kept in ``server.side_requests``, apart
 from ``server.requests``.
 
+Codex's interactive TUI (0.169.0) makes one side request too: a thread title at the first
+prompt, a Responses request whose ``x-codex-turn-metadata`` says ``thread_source:
+"thread_title"`` and whose ``text.format`` asks for JSON ``{"title": string}``.
+``is_codex_side_request`` recognises it; it is answered and kept apart the same way.
+
 The ``model_server`` fixture is ``model_server_fixture`` here (named apart so that importing
 it into a test module, ``from tests.model_server import model_server_fixture``, does not
 clash with the test's ``model_server`` argument); or ``async with ModelServer() as server``.
@@ -63,6 +68,8 @@ __all__ = [
     "ToolUse",
     "claude_env",
     "codex_config_toml",
+    "codex_side_answer",
+    "is_codex_side_request",
     "is_side_request",
     "model_server_fixture",
     "side_answer",
@@ -160,7 +167,8 @@ class RecordedRequest:
 #   a system prompt "Generate a concise, sentence-case title (3-7 words) ..." and
 #   ``output_config.format`` = JSON schema ``{"title": string}``;
 # * no quota probe (``max_tokens: 1``) was seen with an API key; it is matched anyway.
-# Codex 0.169.0 (``codex exec``) made no side request.
+# Codex 0.169.0: ``codex exec`` made no side request; the TUI asks for a thread title at the
+# first prompt of a thread (see ``is_codex_side_request``).
 _SIDE_SYSTEM_MARKERS = (
     "generate a concise, sentence-case title",
     # Helper prompts of earlier Claude Code versions (not seen with 2.1.197).
@@ -188,6 +196,46 @@ def is_side_request(body: Json) -> bool:
         return True
     system = _system_text(body).lower()
     return any(marker in system for marker in _SIDE_SYSTEM_MARKERS)
+
+
+_CODEX_TITLE_MARKER = "generate a concise, single-line task title"
+
+
+def is_codex_side_request(body: Json) -> bool:
+    """True for a Codex request that is not a turn of the scripted conversation.
+
+    Codex says what started each request in ``client_metadata["x-codex-turn-metadata"]``
+    (a JSON string): ``thread_source`` is ``"user"`` for the conversation and
+    ``"thread_title"`` for the title helper. The helper's prompt is matched as well, in case
+    a version drops the metadata.
+    """
+    metadata = body.get("client_metadata")
+    turn: Any = None
+    if isinstance(metadata, dict) and isinstance(metadata.get("x-codex-turn-metadata"), str):
+        with contextlib.suppress(ValueError):
+            turn = json.loads(metadata["x-codex-turn-metadata"])
+    if isinstance(turn, dict) and turn.get("thread_source") == "thread_title":
+        return True
+    items = body.get("input")
+    last = items[-1] if isinstance(items, list) and items else None
+    content = last.get("content") if isinstance(last, dict) else None
+    if isinstance(content, list):
+        text = " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+        return text.lower().startswith(_CODEX_TITLE_MARKER)
+    return False
+
+
+def codex_side_answer(body: Json, text: str) -> Text:
+    """A harmless answer to a Codex side request: JSON when ``text.format`` asks for a schema."""
+    text_options = body.get("text")
+    output_format = text_options.get("format") if isinstance(text_options, dict) else None
+    if (
+        isinstance(output_format, dict)
+        and output_format.get("type") == "json_schema"
+        and isinstance(output_format.get("schema"), dict)
+    ):
+        return Text(json.dumps(_fill_schema(output_format["schema"], text)))
+    return Text(text)
 
 
 def _fill_schema(schema: Json, text: str) -> Any:
@@ -531,11 +579,13 @@ class ModelServer:
         self,
         default_text: str = "(nothing scripted)",
         side_request: Callable[[Json], bool] = is_side_request,
+        codex_side_request: Callable[[Json], bool] = is_codex_side_request,
     ) -> None:
         self.default_text = default_text
         # Strings in side answers; for the title request this becomes the session title.
         self.side_text = "Scripted session"
         self._is_side = side_request
+        self._is_codex_side = codex_side_request
         self.url = ""
         self.port = 0
         # Bodies of the conversation requests (side requests and 404s excluded), in order.
@@ -683,7 +733,13 @@ class ModelServer:
         body = await self._record(request, "codex")
         if body is None:
             return _codex_error(400, "body is not JSON")
-        step = await self._next_step(body)
+        step: Step
+        if self._is_codex_side(body):
+            self.log[-1].kind = "side"
+            self.side_requests.append(body)
+            step = codex_side_answer(body, self.side_text)
+        else:
+            step = await self._next_step(body)
         if isinstance(step, Error):
             return _codex_error(step.status, step.message)
         assert not isinstance(step, Hold)

@@ -2,8 +2,23 @@
 
 It runs interactively in the container's TTY. Codex names its own sessions, so the
 daemon resumes the newest rollout in this session's private home (``resume --last``),
-which can only be this session's. ``$HOME/.codex/config.toml`` points it at the
-configured OpenAI-compatible endpoint and turns off its plugin fetches and analytics.
+which can only be this session's. ``$HOME/.codex/config.toml`` is the daemon's, rewritten
+at every start; what it holds, each measured with Codex 0.169.0 (docs/decisions.md):
+
+* the configured OpenAI-compatible endpoint as the model provider;
+* the working directory marked trusted: otherwise the TUI opens on a "Trust this
+  folder?" screen and the prompt given on its command line waits behind it;
+* no sandbox and approval on request: the container is the sandbox (Codex's own, bwrap,
+  cannot make its namespaces in an unprivileged container, so every command fails);
+* the model upgrades of its bundled catalog marked as seen: otherwise a session whose
+  model has an upgrade (``gpt-5.5`` → ``gpt-6-sol``) opens on a "Try new model" screen;
+* no update check, plugin fetch or analytics.
+
+Its hooks take the same JSON on stdin as Claude Code's and append it to the hooks file in
+the home, read by the daemon for ``agent_state``. Codex runs a hook only once the user has
+trusted it in the TUI; ``--dangerously-bypass-hook-trust`` runs them without that screen.
+``--no-daemon`` keeps the TUI from starting its shared background server, which the one
+TUI in a container does not need and which delays the first prompt by about 4 s.
 """
 
 from __future__ import annotations
@@ -11,11 +26,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.agents.runner import TERMINAL_ENV, AgentLaunch, shell_entry
+from daemon.agents.runner import (
+    HOOKS_FILE,
+    TERMINAL_ENV,
+    AgentLaunch,
+    merge_json_file,
+    shell_entry,
+)
 from daemon.settings import Settings
 from daemon.store import SessionRecord
 
 API_KEY_ENV = "OPENAI_API_KEY"
+HOOK_EVENTS = ("UserPromptSubmit", "PreToolUse", "PostToolUse", "Stop")
+# Every upgrade the 0.169.0 catalog offers, as Codex records a declined one.
+MIGRATIONS = {
+    "gpt-5.5": "gpt-6-sol",
+    "gpt-5.6-sol": "gpt-6-sol",
+    "gpt-5.6-terra": "gpt-6-sol",
+    "gpt-5.6-luna": "gpt-6-luna",
+}
+# Before any subcommand: they apply to a first start and to ``resume`` alike.
+_FLAGS = ["--no-daemon", "--dangerously-bypass-hook-trust"]
 
 
 class CodexRunner:
@@ -30,14 +61,20 @@ class CodexRunner:
         configured = self.settings.agents.openai_api_key.get_secret_value()
         return configured or self.environ.get(API_KEY_ENV, "")
 
-    def config_toml(self, record: SessionRecord) -> str:
-        lines = ["check_for_update_on_startup = false"]
+    def config_toml(self, record: SessionRecord, working_dir: str) -> str:
+        lines = [
+            "check_for_update_on_startup = false",
+            'approval_policy = "on-request"',
+            'sandbox_mode = "danger-full-access"',
+        ]
         if record.model:
             lines.append(f"model = {_toml_string(record.model)}")
         base_url = self.settings.agents.openai_base_url
         if base_url:
             lines.append('model_provider = "corral"')
         lines += ["", "[features]", "plugins = false", "", "[analytics]", "enabled = false"]
+        lines += ["", "[notice.model_migrations]"]
+        lines += [f"{_toml_string(old)} = {_toml_string(new)}" for old, new in MIGRATIONS.items()]
         if base_url:
             lines += [
                 "",
@@ -47,19 +84,25 @@ class CodexRunner:
                 f'env_key = "{API_KEY_ENV}"',
                 'wire_api = "responses"',
             ]
+        lines += ["", f"[projects.{_toml_string(working_dir)}]", 'trust_level = "trusted"']
         return "\n".join(lines) + "\n"
 
     def prepare_home(self, home: Path, record: SessionRecord, working_dir: str) -> None:
         (home / ".corral").mkdir(parents=True, exist_ok=True)
         config = home / ".codex" / "config.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(self.config_toml(record))
+        config.write_text(self.config_toml(record, working_dir))
+        hook = {"type": "command", "command": f'{{ cat; echo; }} >> "$HOME/{HOOKS_FILE}"'}
+        merge_json_file(
+            home / ".codex" / "hooks.json",
+            {"hooks": {event: [{"matcher": "", "hooks": [hook]}] for event in HOOK_EVENTS}},
+        )
 
     def launch(self, record: SessionRecord, working_dir: str) -> AgentLaunch:
         command = shell_entry(
             '[ -n "$(ls -A "$HOME/.codex/sessions" 2>/dev/null)" ]',
-            ["codex", "resume", "--last"],
-            ["codex"],
+            ["codex", *_FLAGS, "resume", "--last"],
+            ["codex", *_FLAGS],
         )
         env = {**TERMINAL_ENV, "CORRAL_PROMPT": record.prompt}
         if self.api_key:
@@ -68,5 +111,13 @@ class CodexRunner:
 
 
 def _toml_string(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    """A TOML basic string; control characters are escaped, as TOML requires."""
+    escaped = "".join(
+        f"\\{char}" if char in '"\\' else f"\\u{ord(char):04x}" if _is_control(char) else char
+        for char in value
+    )
     return f'"{escaped}"'
+
+
+def _is_control(char: str) -> bool:
+    return ord(char) < 0x20 or ord(char) == 0x7F

@@ -9,7 +9,15 @@ semantics, which every implementation keeps:
 * ``stop`` and ``remove`` are idempotent: a container that is already stopped, already
   being removed, or gone is success (DockerSpawner's 404/409 rule).
 * ``inspect`` returns ``None`` for a container that does not exist; it never raises for that.
-* ``list_managed`` finds corral's containers by label, in one engine call.
+* ``list_managed`` finds corral's containers by label, in one engine call; given an
+  ``instance`` (a daemon's data dir), only that daemon's.
+* ``events`` (where ``has_events``) streams the engine's container events for one daemon's
+  containers, filtered by label on the engine's side. Entering it connects (raising
+  :class:`BackendUnavailable` when the engine does not answer); the iteration ends when the
+  engine closes the stream (it stopped or restarted). Events may be missed across a
+  reconnection, so the caller runs a full pass after each connect.
+* ``engine_calls`` counts requests made to the engine, so tests and benchmarks can check
+  that a periodic pass costs the same however many sessions there are.
 * Every method raises :class:`BackendUnavailable` when the engine does not answer, so the
   REST layer can answer 503 while the store keeps serving reads.
 * ``attach`` opens the session's terminal: a :class:`TerminalStream` of the agent's TTY
@@ -23,7 +31,9 @@ semantics, which every implementation keeps:
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +117,16 @@ class ContainerInfo:
 
 
 @dataclass(frozen=True)
+class ContainerEvent:
+    """One container event from the engine: what happened, to which session's container."""
+
+    action: str  # die, oom, destroy, start, kill, stop, ...
+    container_id: str
+    session_id: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
 class BackendInfo:
     available: bool
     version: str | None
@@ -132,6 +152,10 @@ class Backend(abc.ABC):
     """One place sessions can run. Implementations: ``docker``, later ``local``."""
 
     name: str
+    # Whether ``events`` streams the engine's container events.
+    has_events: bool = False
+    # Requests made to the engine so far (see the contract above).
+    engine_calls: int = 0
 
     @abc.abstractmethod
     async def info(self) -> BackendInfo:
@@ -158,8 +182,15 @@ class Backend(abc.ABC):
         """The container's state, or None when it does not exist."""
 
     @abc.abstractmethod
-    async def list_managed(self) -> list[ContainerInfo]:
-        """Every container labelled ``corral.managed=true``, in one engine call."""
+    async def list_managed(self, instance: str | None = None) -> list[ContainerInfo]:
+        """Every container labelled ``corral.managed=true`` (and, given ``instance``,
+        ``corral.daemon_instance=<instance>``), in one engine call."""
+
+    def events(
+        self, instance: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[ContainerEvent]]:
+        """Connect to the engine's container events for ``instance``'s containers."""
+        raise NotImplementedError(f"the {self.name} backend has no events stream")
 
     @abc.abstractmethod
     async def image_exists(self, image: str) -> bool:

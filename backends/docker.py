@@ -10,8 +10,10 @@ translations live in one place, :class:`_Exchange`, so each operation is a few l
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -28,6 +30,7 @@ from backends.base import (
     BackendError,
     BackendInfo,
     BackendUnavailable,
+    ContainerEvent,
     ContainerInfo,
     ContainerSpec,
     ContainerState,
@@ -46,6 +49,8 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 _EXITED_STATUS = re.compile(r"^Exited \((-?\d+)\)")
 # Lines of TTY log read to rebuild a screen; the byte cap is the caller's.
 RECENT_LINES = 5000
+# The container events the reconciler acts on (filtered by the engine, not here).
+WATCHED_EVENTS = ("start", "die", "oom", "kill", "stop", "destroy")
 
 
 def container_name(session_name: str) -> str:
@@ -56,6 +61,7 @@ class DockerBackend(Backend):
     """Sessions in Docker containers, through one lazily made aiodocker client."""
 
     name = "docker"
+    has_events = True
 
     def __init__(
         self, url: str | None = None, *, api_timeout: float = 30.0, pull_timeout: float = 300.0
@@ -105,8 +111,10 @@ class DockerBackend(Backend):
             return container_info(await docker.containers.container(container_id).show())
         return None
 
-    async def list_managed(self) -> list[ContainerInfo]:
+    async def list_managed(self, instance: str | None = None) -> list[ContainerInfo]:
         filters = {"label": [f"{LABEL_MANAGED}=true"]}
+        if instance is not None:
+            filters["label"].append(f"{LABEL_DAEMON_INSTANCE}={instance}")
         async with self._engine("list corral's containers") as docker:
             containers = await docker.containers.list(all=True, filters=filters)
         # aiodocker keeps each list entry, unchanged, as the container object's data.
@@ -164,6 +172,29 @@ class DockerBackend(Backend):
             data: bytes = await response.read()
             return data[-max_bytes:]
         return b""
+
+    @contextlib.asynccontextmanager
+    async def events(self, instance: str) -> AsyncIterator[AsyncIterator[ContainerEvent]]:
+        """The engine's ``/events`` stream for ``instance``'s containers.
+
+        Connecting is one engine call under the API deadline; the stream itself has no
+        deadline (it is quiet while nothing happens) and ends when the engine closes it.
+        """
+        filters = {
+            "type": ["container"],
+            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_DAEMON_INSTANCE}={instance}"],
+            "event": list(WATCHED_EVENTS),
+        }
+        async with self._engine("watch the engine's container events") as docker:
+            # aiodocker's own events helper forwards through a channel task; the raw
+            # endpoint is one response read line by line.
+            response = await docker._do_query(
+                "events", method="GET", params={"filters": json.dumps(filters)}, timeout=None
+            )
+        try:
+            yield _event_lines(response, self._url)
+        finally:
+            response.close()
 
     async def close(self) -> None:
         docker, self._docker = self._docker, None
@@ -239,6 +270,7 @@ class _Exchange:
 
     async def __aenter__(self) -> aiodocker.Docker:
         self._docker = self._backend._client()
+        self._backend.engine_calls += 1
         await self._deadline.__aenter__()
         return self._docker
 
@@ -274,6 +306,22 @@ class _Exchange:
         if isinstance(exc, RuntimeError):
             return bool(self._docker.session.closed)
         return isinstance(exc, aiohttp.ClientError | OSError)
+
+
+async def _event_lines(
+    response: aiohttp.ClientResponse, url: str | None
+) -> AsyncIterator[ContainerEvent]:
+    """Each JSON line of an ``/events`` response as a ContainerEvent; ends at end of stream."""
+    while True:
+        try:
+            line = await response.content.readline()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unavailable("read the engine's events", url, exc) from exc
+        if not line:
+            return
+        event = container_event(line)
+        if event is not None:
+            yield event
 
 
 def _silent(action: str, url: str | None, seconds: float) -> BackendUnavailable:
@@ -380,6 +428,32 @@ def container_info(data: Mapping[str, Any]) -> ContainerInfo:
         finished_at=_time(state.get("FinishedAt")),
         oom_killed=bool(state.get("OOMKilled")),
         labels=labels,
+    )
+
+
+def container_event(line: bytes) -> ContainerEvent | None:
+    """A ContainerEvent from one line of ``/events``; None for anything else."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        log.warning("engine_event_unreadable", line=line[:200])
+        return None
+    if not isinstance(data, dict) or data.get("Type") != "container":
+        return None
+    actor = data.get("Actor") or {}
+    attributes = actor.get("Attributes") or {}
+    # The 20.10 engine sends "Action" beside the older "status"; exec events carry
+    # their command after a colon ("exec_start: sh").
+    action = str(data.get("Action") or data.get("status") or "").split(":", 1)[0]
+    container_id = str(actor.get("ID") or data.get("id") or "")
+    if not action or not container_id:
+        return None
+    exit_code = str(attributes.get("exitCode", ""))
+    return ContainerEvent(
+        action=action,
+        container_id=container_id,
+        session_id=attributes.get(LABEL_SESSION_ID),
+        exit_code=int(exit_code) if exit_code.lstrip("-").isdigit() else None,
     )
 
 

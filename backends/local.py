@@ -666,8 +666,12 @@ class LocalBackend(Backend):
         handle = self._handles.get(container_id)
         return handle.info() if handle is not None else None
 
-    async def list_managed(self) -> list[ContainerInfo]:
-        return [handle.info() for handle in self._handles.values()]
+    async def list_managed(self, instance: str | None = None) -> list[ContainerInfo]:
+        return [
+            handle.info()
+            for handle in self._handles.values()
+            if instance is None or handle.spec.daemon_instance == instance
+        ]
 
     async def image_exists(self, image: str) -> bool:
         return True  # no image is used

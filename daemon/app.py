@@ -2,7 +2,8 @@
 
 Everything with a lifetime is a ``cleanup_ctx`` generator, set up in the order written
 here and torn down in reverse: the store, the backends, the event hub and the session
-manager. Shutdown never stops a session's container; agents keep running without us.
+manager, then the reconciler. Shutdown never stops a session's container; agents keep
+running without us.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from daemon.keys import (
     HUB,
     LIST_CACHE,
     MANAGER,
+    RECONCILER,
     SETTINGS,
     SOCKETS,
     STORE,
@@ -35,6 +37,7 @@ from daemon.keys import (
 )
 from daemon.manager import SessionManager
 from daemon.middlewares import setup_middlewares
+from daemon.reconcile import Reconciler
 from daemon.routes import ROUTES
 from daemon.settings import Settings
 from daemon.store import Store
@@ -93,6 +96,15 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     await consoles.close()
 
 
+@contextlib.asynccontextmanager
+async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
+    reconciler = Reconciler(app[MANAGER], app[SETTINGS])
+    await reconciler.start()
+    app[RECONCILER] = reconciler
+    yield
+    await reconciler.close()
+
+
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     """Everything with a lifetime, set up in order and torn down in reverse.
 
@@ -101,7 +113,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     store would then keep the process from ever exiting.
     """
     async with contextlib.AsyncExitStack() as stack:
-        for part in (_store_ctx, _backends_ctx, _sessions_ctx):
+        for part in (_store_ctx, _backends_ctx, _sessions_ctx, _reconcile_ctx):
             await stack.enter_async_context(part(app))
         yield
 

@@ -1,13 +1,15 @@
 """Health: what state a session is in, what the user can do about it, what each action keeps.
 
-Pure functions of the stored record and one observation of the backend, so the same rules
-serve the REST health report, the action guards (409 for an action not offered) and, later,
-the reconciler.
+Pure functions of the stored record, one observation of the backend and what automatic
+recovery has done, so the same rules serve the REST health report, the action guards (409
+for an action not offered) and the reconciler.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from backends.base import ContainerInfo, ContainerState
@@ -55,6 +57,54 @@ _OFFERED: dict[Health, tuple[list[Action], Action | None]] = {
     ),
     Health.ARCHIVED: ([_A.UNARCHIVE, _A.DELETE], None),
 }
+
+
+class Outcome(enum.StrEnum):
+    """How automatic recovery ended, once it has left the session to the user."""
+
+    CRASH_LOOP = "crash_loop"  # every recreate worked, and every new container died again
+    GAVE_UP = "gave_up"  # the last recreate itself failed
+
+
+@dataclass
+class Recovery:
+    """What the reconciler has done for one session (kept by ``daemon/recovery.py``).
+
+    The first five fields are stored; ``recreated`` says whether the last attempt made a
+    running container (so a death after it counts toward a crash loop).
+    ``stalled_since`` is the stall watchdog's, kept in memory only.
+    """
+
+    attempts: int = 0
+    last_attempt: datetime | None = None
+    last_error: str | None = None
+    next_attempt: datetime | None = None
+    outcome: Outcome | None = None
+    recreated: bool = False
+    stalled_since: datetime | None = None
+
+    def public(self) -> Reconciliation:
+        return Reconciliation(
+            attempts=self.attempts,
+            last_attempt=self.last_attempt,
+            last_error=self.last_error,
+            next_attempt=self.next_attempt,
+        )
+
+    def stored(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "last_attempt": self.last_attempt,
+            "last_error": self.last_error,
+            "next_attempt": self.next_attempt,
+            "outcome": self.outcome.value if self.outcome else None,
+            "recreated": self.recreated,
+        }
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to remember: no attempt made, none planned, no stall."""
+        return not (self.attempts or self.next_attempt or self.outcome or self.stalled_since)
 
 
 def stored_health(record: SessionRecord) -> Health:
@@ -139,8 +189,34 @@ def offered(record: SessionRecord, health: Health) -> tuple[list[Action], Action
     return list(actions), recommended
 
 
-def report(record: SessionRecord, seen: Observation | None) -> HealthReport:
+def with_recovery(
+    record: SessionRecord, health: Health, details: dict[str, Any], recovery: Recovery
+) -> Health:
+    """The health once automatic recovery is taken into account, with its reason."""
+    if recovery.stalled_since is not None and health is Health.HEALTHY:
+        details["stalled_since"] = recovery.stalled_since.isoformat().replace("+00:00", "Z")
+    if recovery.outcome is None or record.archived:
+        return health
+    details["recovery"] = recovery.outcome.value
+    if recovery.last_error:
+        details["reason"] = recovery.last_error
+    # A crash loop is the state of a session that is down; one started again by hand since
+    # shows as what it is.
+    if recovery.outcome is Outcome.CRASH_LOOP and health in (
+        Health.ERROR,
+        Health.MISSING,
+        Health.STOPPED,
+    ):
+        return Health.CRASH_LOOP
+    return health
+
+
+def report(
+    record: SessionRecord, seen: Observation | None, recovery: Recovery | None = None
+) -> HealthReport:
     health, details = assess(record, seen)
+    if recovery is not None:
+        health = with_recovery(record, health, details, recovery)
     actions, recommended = offered(record, health)
     return HealthReport(
         session_id=record.id,
@@ -149,5 +225,5 @@ def report(record: SessionRecord, seen: Observation | None) -> HealthReport:
         available_actions=actions,
         recommended_action=recommended,
         data_preservation={a.value: DATA_PRESERVATION[a] for a in actions},
-        reconciliation=Reconciliation(),
+        reconciliation=recovery.public() if recovery is not None else Reconciliation(),
     )

@@ -8,6 +8,7 @@ from backends.base import Backend
 from daemon.console import Consoles
 from daemon.hub import EventHub
 from daemon.manager import SessionManager
+from daemon.reconcile import Reconciler
 from daemon.settings import Settings
 from daemon.store import Store
 from daemon.tasks import TaskSupervisor
@@ -18,6 +19,7 @@ STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", EventHub)
 BACKENDS = web.AppKey("backends", dict[str, Backend])
 MANAGER = web.AppKey("manager", SessionManager)
+RECONCILER = web.AppKey("reconciler", Reconciler)
 TASKS = web.AppKey("tasks", TaskSupervisor)
 LIST_CACHE = web.AppKey("list_cache", dict[tuple[object, ...], bytes])
 CONSOLES = web.AppKey("consoles", Consoles)

@@ -42,11 +42,12 @@ from daemon.errors import (
     InvalidRequest,
     SessionNotFound,
 )
-from daemon.health import Observation, report, stored_health
+from daemon.health import Observation, Recovery, report, stored_health
 from daemon.hub import EventHub
 from daemon.models import (
     Action,
     CreateSessionRequest,
+    Health,
     HealthReport,
     MetadataUpdate,
     Progress,
@@ -141,6 +142,14 @@ class SessionManager:
         self._busy: set[str] = set()
         self._reserved_names: set[str] = set()
         self._engine_seen: dict[str, float] = {}
+        # What automatic recovery has done per session (daemon/recovery.py keeps it).
+        self.recovery: dict[str, Recovery] = {}
+        # The last observed health, valid while the record's status, archived flag and
+        # container stay as they were when it was observed (see current_health).
+        self._observed: dict[str, tuple[tuple[object, ...], Health]] = {}
+        # Called before each action a client asked for runs (the reconciler resets its
+        # attempts when the user acts).
+        self.on_action: Callable[[SessionRecord, Action], Awaitable[None]] | None = None
 
     # paths
 
@@ -172,7 +181,7 @@ class SessionManager:
             worktree_path=primary.worktree_path,
             branch_name=primary.branch_name,
             base_branch=primary.base_branch,
-            health=stored_health(record),
+            health=self.current_health(record),
         )
 
     def query(self, *, include_archived: bool, status: SessionStatus | None) -> list[SessionRecord]:
@@ -195,7 +204,7 @@ class SessionManager:
             "session_status",
             record.id,
             status=record.status.value,
-            health=stored_health(record).value,
+            health=self.current_health(record).value,
             agent_state=record.agent_state.value,
             archived=record.archived,
         )
@@ -636,8 +645,33 @@ class SessionManager:
         )
         if needs_engine:
             seen = await self.observe(record)
-        health_report = report(record, seen)
-        await self._sync_status(record, seen)
+        return await self.settle(record, seen)
+
+    @staticmethod
+    def _observation_key(record: SessionRecord) -> tuple[object, ...]:
+        return (record.status, record.archived, record.container_id)
+
+    def current_health(self, record: SessionRecord) -> Health:
+        """The last observed health while it still applies, else the stored status's."""
+        observed = self._observed.get(record.id)
+        if observed is not None and observed[0] == self._observation_key(record):
+            return observed[1]
+        return stored_health(record)
+
+    def is_busy(self, session_id: str) -> bool:
+        """Whether an operation is under way on the session."""
+        return session_id in self._busy
+
+    async def settle(self, record: SessionRecord, seen: Observation | None) -> HealthReport:
+        """Report what was observed; bring the stored status in line and publish a change."""
+        health_report = report(record, seen, self.recovery.get(record.id))
+        before = self.current_health(record)
+        changed = await self._sync_status(record, seen)
+        if seen is not None:
+            self._observed[record.id] = (self._observation_key(record), health_report.health)
+        if changed or self.current_health(record) is not before:
+            self.version += 1
+            await self.publish_status(record)
         return health_report
 
     async def health_or_stored(self, record: SessionRecord) -> HealthReport:
@@ -645,23 +679,24 @@ class SessionManager:
         try:
             return await self.health(record)
         except BackendUnavailable as exc:
-            stored = report(record, None)
+            stored = report(record, None, self.recovery.get(record.id))
             stored.details.update(backend_available=False, backend_error=exc.message)
             stored.available_actions = []
             stored.recommended_action = None
             stored.data_preservation = {}
             return stored
 
-    async def _sync_status(self, record: SessionRecord, seen: Observation | None) -> None:
-        """Bring the stored status in line with an observed container."""
+    async def _sync_status(self, record: SessionRecord, seen: Observation | None) -> bool:
+        """Bring the stored status in line with an observed container; True if it changed."""
         if seen is None or record.status not in (SessionStatus.RUNNING, SessionStatus.STOPPED):
-            return
+            return False
         running = seen.container is not None and seen.container.running
         status = SessionStatus.RUNNING if running else SessionStatus.STOPPED
-        if status is not record.status:
-            record.status = status
-            await self.save(record, "status")
-            await self.publish_status(record)
+        if status is record.status:
+            return False
+        record.status = status
+        await self.save(record, "status")
+        return True
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, record: SessionRecord) -> AsyncIterator[None]:
@@ -700,6 +735,8 @@ class SessionManager:
         """Guard, journal and run one synchronous action; failures leave a clear record."""
         async with self._exclusive(record):
             await self._require(record, action)
+            if self.on_action is not None:
+                await self.on_action(record, action)
             op, op_id = await self._journaled(record, action, total=total)
             try:
                 await body(record, op)
@@ -934,6 +971,8 @@ class SessionManager:
             await self.store.delete_session(record.id)
             await self.store.end_operation(op_id, "done")
             self.records.pop(record.id, None)
+            self._observed.pop(record.id, None)
+            self.recovery.pop(record.id, None)
             self.hub.forget(record.id)
             self.version += 1
             log.info("session_deleted", session_id=record.id)

@@ -236,6 +236,85 @@ class DaemonHealth(ApiModel):
     docker: DockerStatus
 
 
+class HealthCounts(ApiModel):
+    healthy: int = Field(description="Sessions healthy or starting, and not stalled.")
+    idle: int = Field(description="Sessions at rest by the user's choice: stopped or archived.")
+    needs_attention: int = Field(
+        description="Sessions stalled, or down with an automatic recovery planned or under way."
+    )
+    blocked: int = Field(
+        description="Sessions down with nothing planned (crash_loop, worktree_missing, or "
+        "error/missing once automatic recovery stopped): only the user can move them."
+    )
+    total: int
+
+
+class SessionHealthSummary(ApiModel):
+    session_id: str
+    name: str
+    health: Health
+    category: Literal["needs_attention", "blocked"]
+    reason: str | None = None
+    stalled_since: datetime | None = None
+    reconciliation: Reconciliation
+
+
+class EngineHealth(ApiModel):
+    available: bool | None = Field(description="null until the engine first answers or fails.")
+    since: datetime | None = Field(None, description="When it last became available or not.")
+    last_error: str | None = None
+    reconnects: int = Field(0, description="Times the engine came back after going away.")
+
+
+class OrphanContainer(ApiModel):
+    id: str
+    name: str
+    session_id: str | None
+    state: str
+    reason: str
+
+
+class OrphanWorktree(ApiModel):
+    path: str
+    repository: str | None = Field(description="The repository it belongs to, if known.")
+    branch: str | None = None
+    uncommitted: int = Field(0, description="Changed or untracked files.")
+    unique_commits: int = Field(0, description="Commits on no other branch, remote or tag.")
+    reason: str
+
+
+class Orphans(ApiModel):
+    containers: list[OrphanContainer] = Field(
+        default_factory=list, description="Labelled as this daemon's, unknown, not removed."
+    )
+    worktrees: list[OrphanWorktree] = Field(
+        default_factory=list, description="Under the data dir, no session, kept: they hold work."
+    )
+    removed_containers: int = Field(0, description="Removed since the daemon started.")
+    removed_worktrees: int = Field(0, description="Removed since the daemon started.")
+
+
+class HealthSummary(ApiModel):
+    status: Literal["healthy", "degraded"] = Field(
+        description="degraded while an engine is away, a session is blocked or an orphan kept."
+    )
+    counts: HealthCounts
+    by_health: dict[str, int] = Field(description="Sessions per health state.")
+    sessions: list[SessionHealthSummary] = Field(
+        description="Every session needing attention or blocked, with the reason."
+    )
+    engines: dict[str, EngineHealth]
+    orphans: Orphans
+    passes: int = Field(description="Reconciliation passes since the daemon started.")
+    last_pass: datetime | None = None
+    last_pass_ms: float | None = Field(None, description="How long the last pass took.")
+    last_pass_engine_calls: int | None = Field(
+        None,
+        description="Engine requests the last pass made: one per backend, however many "
+        "sessions, plus one per orphan removed.",
+    )
+
+
 class BrowseRequest(ApiModel):
     path: str = Field(min_length=1)
     show_hidden: bool = False

@@ -131,6 +131,48 @@ class EventsSettings(Section):
     )
 
 
+class ReconcileSettings(Section):
+    interval_seconds: float = Field(
+        30.0, gt=0, description="Seconds between periodic passes over every session."
+    )
+    jitter: float = Field(
+        0.1, ge=0, le=0.9, description="Fraction of the interval added or taken at random."
+    )
+    auto_recover: bool = Field(
+        True, description="Recreate a session whose container crashed or vanished."
+    )
+    backoff_seconds: list[float] = Field(
+        default_factory=lambda: [30.0, 120.0, 300.0],
+        min_length=1,
+        description="Wait before each automatic recreate; the last value repeats.",
+    )
+    max_attempts: int = Field(
+        3, ge=0, description="Automatic recreates before the session is left to the user."
+    )
+    healthy_reset_seconds: float = Field(
+        300.0, ge=0, description="Healthy this long after a recreate: attempts count from 0."
+    )
+    stall_seconds: float = Field(
+        600.0, ge=0, description="A working agent silent this long is reported; 0: never."
+    )
+    remove_orphans: bool = Field(
+        True, description="Remove orphan containers and worktrees holding no work."
+    )
+    reconnect_min_seconds: float = Field(
+        0.5, gt=0, description="First wait before reconnecting to an engine that went away."
+    )
+    reconnect_max_seconds: float = Field(
+        10.0, gt=0, description="Longest wait between reconnection attempts."
+    )
+
+    @field_validator("backoff_seconds")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(v < 0 for v in value):
+            raise ValueError("back-off values must be >= 0")
+        return value
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["console", "json"] = Field("console", description="One event a line.")
@@ -148,6 +190,7 @@ class Settings(Section):
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("data_dir")

@@ -88,6 +88,18 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL
     );
     """,
+    # 3: automatic recovery of each session: attempts, timing, and how it ended.
+    """
+    CREATE TABLE reconciliation (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_attempt TEXT,
+        last_error TEXT,
+        next_attempt TEXT,
+        outcome TEXT,
+        recreated INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 
@@ -324,6 +336,41 @@ class Store:
                 )
             ]
         )
+
+    # reconciliation (automatic recovery)
+
+    async def load_reconciliation(self) -> dict[str, dict[str, Any]]:
+        """Every session's stored recovery state, times parsed."""
+        async with self.db.execute("SELECT * FROM reconciliation") as cur:
+            rows = [dict(row) async for row in cur]
+        out = {}
+        for row in rows:
+            for key in ("last_attempt", "next_attempt"):
+                row[key] = _parse_ts(row[key])
+            row["recreated"] = bool(row["recreated"])
+            out[row.pop("session_id")] = row
+        return out
+
+    async def save_reconciliation(self, session_id: str, state: dict[str, Any]) -> None:
+        """Store one session's recovery state (keys: the table's columns)."""
+        await self._write(
+            [
+                (
+                    "INSERT INTO reconciliation (session_id, attempts, last_attempt, last_error, "
+                    "next_attempt, outcome, recreated) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(session_id) DO UPDATE SET attempts = excluded.attempts, "
+                    "last_attempt = excluded.last_attempt, last_error = excluded.last_error, "
+                    "next_attempt = excluded.next_attempt, outcome = excluded.outcome, "
+                    "recreated = excluded.recreated",
+                    [session_id, state["attempts"], _ts(state["last_attempt"]),
+                     state["last_error"], _ts(state["next_attempt"]), state["outcome"],
+                     int(state["recreated"])],
+                )
+            ]
+        )  # fmt: skip
+
+    async def delete_reconciliation(self, session_id: str) -> None:
+        await self._write([("DELETE FROM reconciliation WHERE session_id = ?", [session_id])])
 
     # operations journal
 

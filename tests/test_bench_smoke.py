@@ -39,6 +39,8 @@ EXPECTED = {
         "flood_p99_vs_raw",
     },
     "console_memory.py": {"rss_per_full_session"},
+    "reconcile_kill_to_event.py": {"kill_to_status_p99"},
+    "reconcile_pass.py": {"pass_time", "pass_engine_calls"},
 }
 METRIC_NUMBERS = ("measured", "baseline", "overhead", "samples")
 

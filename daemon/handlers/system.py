@@ -1,12 +1,12 @@
-"""REST handlers for the daemon itself: liveness, configuration and the OpenAPI document."""
+"""REST handlers for the daemon itself: liveness, health, configuration and the OpenAPI."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from daemon import __version__
-from daemon.keys import BACKENDS, SETTINGS
-from daemon.models import DaemonHealth, DockerStatus
+from daemon.keys import BACKENDS, RECONCILER, SETTINGS
+from daemon.models import DaemonHealth, DockerStatus, HealthSummary
 from daemon.openapi import openapi_document
 from daemon.routes import ROUTES, dump
 
@@ -32,6 +32,23 @@ async def health(request: web.Request) -> web.Response:
             docker=docker,
         )
     )
+
+
+@ROUTES.route(
+    "GET",
+    "/api/health",
+    "Every session's health counted, the engines, and the orphans found",
+    response=HealthSummary,
+    tags=("system",),
+    description="Answered from what the reconciler last saw (events and passes), without "
+    "asking the engine: healthy (healthy, starting), idle (stopped, archived), "
+    "needs_attention (stalled, or down with an automatic recovery planned) and blocked "
+    "(down with nothing planned). Orphans are containers labelled as this daemon's and "
+    "worktrees under its data dir that no session owns and that were kept because they "
+    "hold work or could not be removed.",
+)
+async def health_summary(request: web.Request) -> web.Response:
+    return dump(request.app[RECONCILER].summary())
 
 
 @ROUTES.route(

@@ -49,7 +49,13 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from daemon.agents.transcript import ParsedEvent, RecentKeys, format_timestamp, truncate_output
+from daemon.agents.transcript import (
+    ParsedEvent,
+    RecentKeys,
+    cap_input,
+    format_timestamp,
+    truncate_output,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -307,7 +313,7 @@ class CodexRolloutParser:
     def _tool_call(
         call_id: str, name: str, tool_input: dict[str, Any], timestamp: str | None
     ) -> ParsedEvent:
-        call = {"id": call_id, "name": name, "input": tool_input}
+        call = {"id": call_id, "name": name, "input": cap_input(tool_input)}
         return ParsedEvent("tool_call", {"call": call}, timestamp, call_id)
 
     def _token_count(self, record: dict[str, Any], payload: dict[str, Any]) -> None:

@@ -73,6 +73,8 @@ class Recoverer:
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._active: set[str] = set()  # an attempt is under way (looking, then acting)
         self._own: set[str] = set()  # this module's own recreate call is under way
+        # Loop time each session was first seen healthy since it was last seen otherwise.
+        self._healthy_since: dict[str, float] = {}
 
     async def load(self) -> None:
         """Take the stored states and resume their schedules."""
@@ -126,8 +128,10 @@ class Recoverer:
         """After an observation: plan an attempt, give up, or forget old attempts."""
         state = self.manager.recovery.get(record.id)
         if report.health is Health.HEALTHY:
-            await self._maybe_reset(record, state)
+            since = self._healthy_since.setdefault(record.id, asyncio.get_running_loop().time())
+            await self._maybe_reset(record, state, since)
             return
+        self._healthy_since.pop(record.id, None)
         if not self._wants(record, report, state):
             return
         if state is None:
@@ -165,11 +169,13 @@ class Recoverer:
         self._schedule(record.id, delay)
         bound.info("recovery_planned", attempt=state.attempts + 1, delay=delay, reason=reason)
 
-    async def _maybe_reset(self, record: SessionRecord, state: Recovery | None) -> None:
+    async def _maybe_reset(
+        self, record: SessionRecord, state: Recovery | None, healthy_since: float
+    ) -> None:
         if state is None or not (state.attempts or state.outcome) or self.pending(record.id):
             return
-        last = state.last_attempt
-        if last is None or (utcnow() - last).total_seconds() >= self.settings.healthy_reset_seconds:
+        healthy_for = asyncio.get_running_loop().time() - healthy_since
+        if healthy_for >= self.settings.healthy_reset_seconds:
             log.info("recovery_reset", session_id=record.id, reason="healthy again")
             await self._reset(record.id)
 
@@ -235,6 +241,7 @@ class Recoverer:
             return
         state.attempts += 1
         state.last_attempt = utcnow()
+        self._healthy_since.pop(session_id, None)
         state.recreated = False
         await self._save(session_id)
         bound.info("recovery_attempt", attempt=state.attempts, reason=state.last_error)
@@ -274,6 +281,7 @@ class Recoverer:
         for session_id in list(self.manager.recovery):
             if session_id not in self.manager.records:
                 self.manager.recovery.pop(session_id, None)
+                self._healthy_since.pop(session_id, None)
                 timer = self._timers.pop(session_id, None)
                 if timer is not None:
                     timer.cancel()

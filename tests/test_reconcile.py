@@ -147,12 +147,14 @@ async def test_container_killed_or_removed_is_published_then_recreated(
 
 
 async def test_attempts_reset_after_a_healthy_while(daemon: Start, git_repo: Path) -> None:
-    client = await daemon(healthy_reset_seconds=0.2, interval_seconds=0.2)
+    client = await daemon(healthy_reset_seconds=1.0, interval_seconds=0.2)
     session = await create_running(client, git_repo)
     docker("kill", session["container_id"])
     await until(lambda: _attempts(client, session["id"], 1))
+    seen_healthy = time.monotonic()
     # Healthy for longer than healthy_reset_seconds: the next pass forgets the attempts.
     await until(lambda: _attempts(client, session["id"], 0))
+    assert time.monotonic() - seen_healthy >= 0.8
     stored = await client.app[MANAGER].store.load_reconciliation()
     assert session["id"] not in stored
 
@@ -344,6 +346,10 @@ async def test_periodic_pass_costs_the_same_engine_calls_for_1_and_20_sessions(
     backend = client.app[BACKENDS]["docker"]
 
     async def calls_of_one_pass() -> int:
+        # Events of the sessions just made (their start) cost one inspection each: let
+        # them be looked at first, so the pass is measured alone.
+        await until(lambda: _quiet(client))
+        await asyncio.sleep(0.5)
         await until(lambda: _quiet(client))
         before = backend.engine_calls
         await reconciler.full_pass()

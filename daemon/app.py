@@ -20,6 +20,7 @@ from backends.base import Backend
 from backends.docker import DockerBackend
 from backends.local import LocalBackend
 from daemon.agent_watch import AgentWatcher
+from daemon.auth.setup import setup_auth
 from daemon.console import Consoles
 from daemon.handlers import files, sessions, system  # noqa: F401 - they register routes
 from daemon.hub import EventHub
@@ -147,5 +148,6 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     app.router.add_get("/ws/console/{session_id}", console_socket)
     app.router.add_get("/ws/events", events_socket)
     app.cleanup_ctx.append(_lifetime)
+    setup_auth(app)  # after the lifetime: sign-in needs the open store
     app.on_shutdown.append(_close_sockets)
     return app

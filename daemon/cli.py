@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from daemon import __version__, attach
+from daemon.auth.service import derive_rp_id
 from daemon.log import configure_logging
 from daemon.middlewares import is_loopback
 from daemon.settings import Settings, SettingsError, load_settings
@@ -54,13 +55,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_bind(settings: Settings) -> None:
-    """Refuse a non-loopback bind unless the operator overrides it, loudly."""
+    """Refuse a non-loopback bind unless auth is on or the operator overrides it, loudly."""
+    if settings.auth.mode == "webauthn":
+        derive_rp_id(settings)  # a bind to a bare IP address needs auth.rp_id: fail now
+        return
     if is_loopback(settings.server.host):
         return
     if not settings.server.allow_remote_without_auth:
         raise SettingsError(
             f"refusing to bind {settings.server.host}: corral would be open to other hosts "
-            "without authentication; bind 127.0.0.1 or pass --allow-remote-without-auth"
+            'without authentication; bind 127.0.0.1, turn on auth.mode = "webauthn", or '
+            "pass --allow-remote-without-auth"
         )
     log.warning(
         "remote_bind_without_auth",

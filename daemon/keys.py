@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from backends.base import Backend
+from daemon.auth.service import Auth, Principal
 from daemon.console import Consoles
 from daemon.hub import EventHub
 from daemon.manager import SessionManager
@@ -24,3 +25,6 @@ TASKS = web.AppKey("tasks", TaskSupervisor)
 LIST_CACHE = web.AppKey("list_cache", dict[tuple[object, ...], bytes])
 CONSOLES = web.AppKey("consoles", Consoles)
 SOCKETS = web.AppKey("sockets", OpenSockets)
+AUTH = web.AppKey("auth", Auth)
+# Who signed a request in (set by the auth middleware when auth is on and it is valid).
+PRINCIPAL = web.RequestKey("principal", Principal)

@@ -1,8 +1,10 @@
-"""HTTP middlewares, outermost first: errors to PROTOCOL bodies, then Host, Origin and CORS.
+"""HTTP middlewares, outermost first: errors to PROTOCOL bodies, Host/Origin/CORS, then auth.
 
 Order matters and is fixed in :func:`setup_middlewares`: the error middleware wraps
 everything so even a refused Host gets a JSON body; the Host and Origin checks run before
-any handler and before any WebSocket upgrade (PROTOCOL.md, "Security").
+any handler and before any WebSocket upgrade (PROTOCOL.md, "Security"); the auth check
+comes last, so a hostile page is refused whatever cookie its request carries. Every
+response also gets the security headers (a CSP that runs only the daemon's own scripts).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from daemon.auth.middleware import auth_middleware
+from daemon.auth.service import derive_rp_id
 from daemon.errors import (
     ApiError,
     Forbidden,
@@ -25,7 +29,7 @@ from daemon.errors import (
     PayloadTooLarge,
 )
 from daemon.keys import SETTINGS
-from daemon.routes import Handler
+from daemon.routes import ROUTES, Handler
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -34,6 +38,21 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 CORS_METHODS = "GET, POST, PATCH, PUT, DELETE, OPTIONS"
 CORS_HEADERS = "Content-Type, Authorization"
+# Only the daemon's own files run: no inline or remote script, no framing, no plugins.
+# Inline styles stay allowed: terminal renderers set them, and they cannot run code.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
 
 def json_error(error: ApiError) -> web.Response:
@@ -107,6 +126,10 @@ class OriginPolicy:
             self.hosts.add(bound)
         self.origins = {o.rstrip("/").lower() for o in server.allowed_origins}
         self.own_origin = f"http://{server.host}:{server.port}".lower()
+        if settings.auth.mode == "webauthn":
+            # The name browsers reach the daemon by, and the origins its passkeys are for.
+            self.hosts.add(derive_rp_id(settings))
+            self.origins |= {o.rstrip("/").lower() for o in settings.auth.origins}
 
     def host_allowed(self, host: str | None) -> bool:
         if host is None:
@@ -134,6 +157,11 @@ def origin_middleware(policy: OriginPolicy) -> web.middleware:  # type: ignore[v
             log.warning("host_refused", host=request.headers.get("Host"), path=request.path)
             raise Forbidden("Host not allowed")
         origin = request.headers.get("Origin")
+        unsafe = request.method not in SAFE_METHODS or _is_upgrade(request)
+        if unsafe and request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+            # A browser that says the request comes from another site, Origin or not.
+            log.warning("cross_site_refused", path=request.path)
+            raise Forbidden("cross-site request refused")
         if origin is not None and not policy.origin_allowed(origin):
             if request.method not in SAFE_METHODS or _is_upgrade(request):
                 log.warning("origin_refused", origin=origin, path=request.path)
@@ -163,7 +191,17 @@ def origin_middleware(policy: OriginPolicy) -> web.middleware:  # type: ignore[v
     return check_host_and_origin
 
 
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.path.startswith("/api/"):
+        # Answers may hold a token shown once or private data: no cache keeps them.
+        response.headers.setdefault("Cache-Control", "no-store")
+
+
 def setup_middlewares(app: web.Application) -> None:
-    """Install the middlewares in their order: errors outermost, then Host/Origin/CORS."""
+    """Install the middlewares in their order: errors outermost, Host/Origin/CORS, then auth."""
     app.middlewares.append(error_middleware)
     app.middlewares.append(origin_middleware(OriginPolicy(app[SETTINGS])))
+    app.middlewares.append(auth_middleware(ROUTES))
+    app.on_response_prepare.append(_security_headers)

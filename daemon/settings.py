@@ -173,6 +173,23 @@ class ReconcileSettings(Section):
         return value
 
 
+class AuthSettings(Section):
+    mode: Literal["none", "webauthn"] = Field(
+        "none", description="none (loopback only) or webauthn: passkeys and API tokens."
+    )
+    rp_id: str = Field(
+        "", description="WebAuthn relying party id, a domain; empty: localhost, or the bound name."
+    )
+    rp_name: str = Field("corral", description="Name the browser shows for the passkey.")
+    origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed in ceremonies; empty: http(s)://<rp_id>:<port>.",
+    )
+    session_hours: float = Field(
+        168.0, gt=0, description="Hours a browser sign-in lasts before it must sign in again."
+    )
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["console", "json"] = Field("console", description="One event a line.")
@@ -191,6 +208,7 @@ class Settings(Section):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("data_dir")

@@ -100,6 +100,42 @@ MIGRATIONS: list[str] = [
         recreated INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 4: sign-in: users, their passkeys, browser sessions and API tokens (daemon/auth/).
+    # Session and token secrets are stored as SHA-256 hashes only.
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        display_name TEXT NOT NULL,
+        handle BLOB NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE credentials (
+        id BLOB PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        public_key BLOB NOT NULL,
+        sign_count INTEGER NOT NULL,
+        transports TEXT NOT NULL DEFAULT '[]',
+        name TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        last_used_at TEXT
+    );
+    CREATE TABLE auth_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT
+    );
+    """,
 ]
 
 

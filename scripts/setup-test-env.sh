@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine to run corral's tests; idempotent, fast when everything is in place.
 #   1. Debian packages (apt-get only when one is missing): docker.io git debootstrap
-#      busybox-static iproute2 ca-certificates (+ python3-venv / npm if absent)
+#      busybox-static iproute2 ca-certificates chromium (+ python3-venv / npm if absent)
 #   2. a Docker engine: dockerd started in the background unless `docker info` answers
 #   3. the test images (scripts/build-test-images.sh), in the background, while
 #   4. .venv is created if missing and `pip install -e '.[test]'` runs (skipped when
@@ -22,7 +22,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
 # ---------------------------------------------------------------------------------------
 # 1. Debian packages
-pkgs=(docker.io git debootstrap busybox-static iproute2 ca-certificates)
+# chromium: the browser tests (tests/test_auth_browser.py) drive it through playwright.
+pkgs=(docker.io git debootstrap busybox-static iproute2 ca-certificates chromium)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || [ -x .venv/bin/python ] || pkgs+=(python3-venv)
 missing=()

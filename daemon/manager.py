@@ -33,12 +33,14 @@ from daemon import worktrees
 from daemon.agents.claude import ClaudeRunner
 from daemon.agents.codex import CodexRunner
 from daemon.agents.runner import AgentRunner
+from daemon.confine import resolved_roots, within
 from daemon.console import Consoles
 from daemon.errors import (
     ApiError,
     BackendFailed,
     BackendUnavailableError,
     Conflict,
+    Forbidden,
     InvalidRequest,
     SessionNotFound,
 )
@@ -376,6 +378,13 @@ class SessionManager:
                 infos.append(result)
         if problems:
             raise InvalidRequest(problems[0]["message"], problems)
+        allowed = resolved_roots(self.settings.server.allowed_roots)
+        for index, info in enumerate(infos):
+            if not within(info.root, allowed):
+                raise Forbidden(
+                    f"{info.root} is outside the folders this daemon may use",
+                    [{"field": field.format(index), "message": "outside server.allowed_roots"}],
+                )
         roots = [i.root for i in infos]
         if len(set(roots)) != len(roots):
             raise InvalidRequest(
@@ -401,13 +410,21 @@ class SessionManager:
         return resolved
 
     async def _check_image_paths(self, paths: list[str]) -> None:
+        allowed = resolved_roots(self.settings.server.allowed_roots)
+
         def missing() -> list[str]:
-            return [p for p in paths if not (Path(p).is_absolute() and Path(p).is_file())]
+            return [
+                p
+                for p in paths
+                if "\x00" in p
+                or not (Path(p).is_absolute() and Path(p).is_file() and within(p, allowed))
+            ]
 
         bad = await asyncio.to_thread(missing)
         if bad:
             raise InvalidRequest(
-                f"image_paths must be existing files given by absolute path: {bad[0]}",
+                "image_paths must be existing files given by absolute path (inside "
+                f"server.allowed_roots when set): {bad[0]}",
                 [{"field": "image_paths", "message": f"not a file: {p}"} for p in bad],
             )
 

@@ -39,6 +39,11 @@ class ServerSettings(Section):
         False, description="Dangerous: allow a non-loopback bind with auth off."
     )
     max_json_bytes: int = Field(1024 * 1024, ge=1024, description="Largest JSON request body.")
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description="Folders clients may browse and take repositories and images from; "
+        "empty: anywhere the daemon's user can read.",
+    )
     shutdown_timeout: float = Field(10.0, gt=0, description="Seconds to finish work on stop.")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import BodyPartReader, web
 
+from daemon.confine import resolved_roots, within
 from daemon.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from daemon.keys import MANAGER, SETTINGS
 from daemon.models import (
@@ -30,10 +31,14 @@ MAX_NAME_BYTES = 255
 CHUNK = 256 * 1024
 
 
-def _list_directory(request: BrowseRequest) -> BrowseResponse:
+def _list_directory(request: BrowseRequest, roots: list[Path]) -> BrowseResponse:
+    if "\x00" in request.path:
+        raise InvalidRequest("path contains a NUL byte", [{"field": "path", "message": "NUL"}])
     raw = Path(request.path).expanduser()
     if not raw.is_absolute():
         raise InvalidRequest("path must be absolute", [{"field": "path", "message": "relative"}])
+    if not within(raw, roots):
+        raise Forbidden(f"{request.path} is outside the folders this daemon may browse")
     path = raw.resolve()
     if not path.exists():
         raise NotFound(f"{path} does not exist")
@@ -56,7 +61,8 @@ def _list_directory(request: BrowseRequest) -> BrowseResponse:
             DirectoryEntry(name=child.name, path=child.path, is_dir=is_dir, is_git_repo=is_repo)
         )
     entries.sort(key=lambda e: (not e.is_dir, e.name.lower()))
-    parent = str(path.parent) if path.parent != path else None
+    # No way up out of the allowed folders.
+    parent = str(path.parent) if path.parent != path and within(path.parent, roots) else None
     return BrowseResponse(path=str(path), parent=parent, entries=entries[:MAX_ENTRIES])
 
 
@@ -68,10 +74,12 @@ def _list_directory(request: BrowseRequest) -> BrowseResponse:
     response=BrowseResponse,
     errors=(400, 403, 404),
     tags=("files",),
+    description="Outside server.allowed_roots (when set) is 403.",
 )
 async def browse_directory(request: web.Request) -> web.Response:
     body = await read_body(request, BrowseRequest)
-    return dump(await asyncio.to_thread(_list_directory, body))
+    roots = resolved_roots(request.app[SETTINGS].server.allowed_roots)
+    return dump(await asyncio.to_thread(_list_directory, body, roots))
 
 
 def check_upload_name(name: str | None) -> str:

@@ -50,6 +50,16 @@ from ws.events import events_socket
 log = structlog.get_logger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# The built UI (scripts/build-web.sh): index.html plus content-hashed files under assets/.
+WEB_DIST = WEB_DIR / "dist"
+WEB_ASSETS = WEB_DIST / "assets"
+IMMUTABLE = "public, max-age=31536000, immutable"
+NOT_BUILT = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>corral</title>
+</head><body><main><h1>corral</h1><p>The web UI has not been built.
+Run <code>scripts/build-web.sh</code> (<code>scripts/serve.sh</code> does it for you), then reload.
+The REST API works meanwhile; it is described at <a href="/api/openapi.json">/api/openapi.json</a>.
+</p></main></body></html>
+"""
 
 
 @contextlib.asynccontextmanager
@@ -130,8 +140,21 @@ async def _close_sockets(app: web.Application) -> None:
         )  # fmt: skip
 
 
-async def _index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_DIR / "index.html")
+async def _index(request: web.Request) -> web.StreamResponse:
+    """The UI's page: always revalidated, since it names the current hashed assets."""
+    page = WEB_DIST / "index.html"
+    if not page.is_file():
+        return web.Response(text=NOT_BUILT, status=503, content_type="text/html")
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+async def _asset(request: web.Request) -> web.StreamResponse:
+    """A built asset: its name carries its content hash, so it may be cached for good."""
+    name = request.match_info["name"]
+    path = WEB_ASSETS / name
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Cache-Control": IMMUTABLE})
 
 
 def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -> web.Application:
@@ -145,6 +168,7 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     setup_middlewares(app)
     ROUTES.install(app)
     app.router.add_get("/", _index)
+    app.router.add_get("/assets/{name}", _asset)
     app.router.add_get("/ws/console/{session_id}", console_socket)
     app.router.add_get("/ws/events", events_socket)
     app.cleanup_ctx.append(_lifetime)

@@ -2,7 +2,8 @@
 # Start the corral daemon from this checkout:
 #   scripts/serve.sh [corral serve options]   e.g. scripts/serve.sh --port 8765
 # Creates .venv on first use and installs the project into it (again only when
-# pyproject.toml changes), then runs `corral serve` with the given options.
+# pyproject.toml changes), builds the web UI (scripts/build-web.sh, again only when it
+# changed), then runs `corral serve` with the given options.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,5 +30,9 @@ if [ "$installed" = no ]; then
   fi
   echo "$want" >.venv/.corral-pip-serve
 fi
+
+# The web UI (skipped when web/dist is up to date). Without it the API still works and
+# the page at / says how to build it.
+bash scripts/build-web.sh || echo "serve: the web UI was not built (see above); the API works without it" >&2
 
 exec .venv/bin/corral serve "$@"

@@ -6,6 +6,7 @@
 #   3. the test images (scripts/build-test-images.sh), in the background, while
 #   4. .venv is created if missing and `pip install -e '.[test]'` runs (skipped when
 #      pyproject.toml is unchanged since the last install)
+#   5. the web UI is built into web/dist (scripts/build-web.sh; skipped when unchanged)
 # Leaves the image tags in .cache/test-images.env. Must run as root (or with passwordless
 # apt and Docker access).
 set -euo pipefail
@@ -91,6 +92,13 @@ else
   fi
   echo "$want" >"$stamp"
   log "python packages installed"
+fi
+
+# ---------------------------------------------------------------------------------------
+# 5. the web UI (npm ci, tsc, esbuild), while the images may still be building
+if ! bash scripts/build-web.sh; then
+  kill "$images_pid" 2>/dev/null || true
+  die "building the web UI failed"
 fi
 
 # ---------------------------------------------------------------------------------------

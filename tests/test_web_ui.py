@@ -1,0 +1,304 @@
+"""The web UI in real Chromium against a real daemon, engine and git repositories.
+
+Each test serves the app on 127.0.0.1, opens it as ``http://localhost:<port>`` and works
+the page as a person would (the form, the directory browser, the terminal, the action
+buttons), then checks what the page shows and what the daemon did. Screenshots of the
+main screens go to ``test-artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import pytest
+from playwright.async_api import Page, expect
+
+from daemon.keys import HUB
+from daemon.settings import Settings
+from tests import ui_helpers
+from tests.conftest import create_running, wait_for
+from tests.ui_helpers import (
+    PageProblems,
+    UiServer,
+    eventually,
+    shot,
+    terminal_size,
+    terminal_text,
+    type_in_terminal,
+    wait_for_terminal_text,
+)
+
+# The browser fixtures, bound here by name for pytest.
+web_dist = ui_helpers.web_dist
+ui_server = ui_helpers.ui_server
+ui_browser = ui_helpers.ui_browser
+ui_problems = ui_helpers.ui_problems
+ui_page = ui_helpers.ui_page
+pytestmark = [pytest.mark.browser]
+
+
+async def open_page(ui_page: Page, path: str) -> None:
+    """Open ``path``, recording CSP violations (index.html carries the UI's CSP in a meta tag)."""
+    await ui_page.add_init_script(
+        "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+        " (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    await ui_page.goto(path)
+    await expect(ui_page.locator(".connection")).to_have_text("Live")
+
+
+async def assert_page_clean(ui_page: Page, problems: PageProblems) -> None:
+    violations = await ui_page.evaluate("() => window.__csp")
+    assert violations == [], f"CSP violations: {violations}"
+    assert problems.errors == [], f"script errors in the page: {problems.errors}"
+
+
+# --- serving -------------------------------------------------------------------------
+
+
+async def test_page_and_assets_have_cache_headers(ui_server: UiServer) -> None:
+    response = await ui_server.client.get("/")
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-cache"
+    html = await response.text()
+    names = re.findall(r'/assets/(main-[A-Z0-9]+\.(?:js|css))"', html)
+    assert len(names) == 2, html
+    body = html.split("<body>")[1]
+    assert "<script" not in body  # the one script is an external module in <head>
+    assert " on" not in body  # no inline event handlers
+    for name in names:
+        asset = await ui_server.client.get(f"/assets/{name}")
+        assert asset.status == 200
+        assert "immutable" in asset.headers["Cache-Control"]
+    missing = await ui_server.client.get("/assets/nope.js")
+    assert missing.status == 404
+    assert (await missing.json())["error"]["code"] == "NOT_FOUND"
+
+
+async def test_without_a_build_the_page_says_how_to_build(
+    aiohttp_client: Any, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.app
+
+    monkeypatch.setattr(daemon.app, "WEB_DIST", tmp_path / "no-dist")
+    client = await aiohttp_client(daemon.app.create_app(settings))
+    response = await client.get("/")
+    assert response.status == 503
+    assert "scripts/build-web.sh" in await response.text()
+
+
+# --- sessions ------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_create_a_session_through_the_form(
+    ui_page: Page,
+    ui_server: UiServer,
+    git_repo: Path,
+    tmp_path: Path,
+    ui_problems: PageProblems,
+) -> None:
+    await open_page(ui_page, "/")
+    await expect(ui_page.locator(".list-count")).to_contain_text("No sessions yet")
+    await ui_page.keyboard.press("n")
+    await expect(ui_page.locator("#create-title")).to_be_visible()
+
+    # A folder that is no repository: the daemon's reason is shown in the form.
+    await ui_page.get_by_label("Folder (a git repository").fill(str(tmp_path))
+    await ui_page.get_by_label("Prompt").fill("Say hello")
+    await ui_page.get_by_role("button", name="Create session").click()
+    errors = ui_page.locator(".form-errors")
+    await expect(errors).to_contain_text("The session was not created")
+    await expect(errors).to_contain_text("git")
+
+    # The directory browser: go to the folder holding the repository and choose it.
+    await ui_page.get_by_role("button", name="Browse…").click()
+    dialog = ui_page.locator("dialog.browse-dialog")
+    await dialog.get_by_label("Folder", exact=True).fill(str(tmp_path))
+    await dialog.get_by_role("button", name="Go").click()
+    await expect(dialog.locator(".browse-entry", has_text="repo")).to_contain_text("git")
+    await shot(ui_page, "create-browse")
+    await dialog.get_by_role("button", name="Choose repo").click()
+    await expect(ui_page.get_by_label("Folder (a git repository")).to_have_value(str(git_repo))
+    await ui_page.get_by_label("Session name").fill("from-the-form")
+    await shot(ui_page, "create-form")
+
+    await ui_page.get_by_role("button", name="Create session").click()
+    await expect(ui_page.locator("#session-title")).to_have_text("from-the-form")
+    header = ui_page.locator(".session-header")
+    await expect(header.locator("[data-status]")).to_have_text("running", timeout=30_000)
+    await expect(header.locator(".branch")).to_have_text("corral/from-the-form")
+    item = ui_page.locator(".session-item", has_text="from-the-form")
+    await expect(item.locator("[data-status]")).to_have_text("running")
+    await expect(item).to_contain_text(git_repo.name)
+    listed = await (await ui_server.client.get("/api/sessions")).json()
+    assert [s["name"] for s in listed["sessions"]] == ["from-the-form"]
+    assert listed["sessions"][0]["status"] == "running"
+    await shot(ui_page, "session-list")
+    await assert_page_clean(ui_page, ui_problems)
+
+
+@pytest.mark.docker
+async def test_terminal_echo_resize_and_reload(
+    ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
+) -> None:
+    session = await create_running(ui_server.client, git_repo)
+    assert session["status"] == "running"
+    await open_page(ui_page, f"/#/s/{session['id']}/terminal")
+    await expect(ui_page.locator(".term-status")).to_have_text("Connected")
+    await type_in_terminal(ui_page, "echo x-$((40+2))\n")
+    await wait_for_terminal_text(ui_page, "x-42")
+
+    # Resize the window: the fit addon sizes xterm, the PTY follows.
+    before = await terminal_size(ui_page)
+    await ui_page.set_viewport_size({"width": 900, "height": 600})
+    cols, rows = await eventually(
+        lambda: _changed_size(ui_page, before), what="xterm to fit the smaller window"
+    )
+    await type_in_terminal(ui_page, "stty size; echo s-$((6*7))\n")
+    await wait_for_terminal_text(ui_page, "s-42")
+    assert f"{rows} {cols}" in await terminal_text(ui_page)
+    await shot(ui_page, "terminal")
+
+    # A reload gets the same screen back from the daemon's replay.
+    await ui_page.reload()
+    await expect(ui_page.locator(".term-status")).to_have_text("Connected")
+    screen = await wait_for_terminal_text(ui_page, "x-42")
+    assert "s-42" in screen
+    await assert_page_clean(ui_page, ui_problems)
+
+
+async def _changed_size(ui_page: Page, before: tuple[int, int]) -> tuple[int, int] | None:
+    size = await terminal_size(ui_page)
+    return size if size != before else None
+
+
+@pytest.mark.docker
+async def test_killed_container_shows_health_and_recreate_brings_it_back(
+    ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
+) -> None:
+    session = await create_running(ui_server.client, git_repo)
+    await open_page(ui_page, f"/#/s/{session['id']}/health")
+    await expect(ui_page.locator(".health-state [data-health]")).to_have_text("health: healthy")
+
+    async with aiodocker.Docker() as docker:
+        await docker.containers.container(session["container_id"]).kill()
+
+    # The list and the header get the bad news from /ws/events; the report offers actions.
+    item = ui_page.locator(".session-item", has_text=session["name"])
+    await expect(item.locator("[data-health]")).to_have_text("health: error", timeout=10_000)
+    header = ui_page.locator(".session-header")
+    await expect(header.locator("[data-health]")).to_have_text("health: error")
+    await expect(ui_page.locator(".health-body")).to_contain_text("exit code")
+    recreate = ui_page.locator(".action-bar [data-action=recreate]")
+    await expect(recreate).to_be_visible()
+    await expect(recreate).to_have_class(re.compile("primary"))  # the recommended action
+    await expect(ui_page.locator(".action-list")).to_contain_text(
+        "Keeps the worktree's files and the conversation."
+    )
+    await expect(ui_page.locator(".action-list")).to_contain_text(
+        "Loses the worktree's uncommitted"
+    )
+    await shot(ui_page, "health")
+
+    await recreate.click()
+    await expect(header.locator("[data-status]")).to_have_text("running", timeout=30_000)
+    await expect(header.locator("[data-health]")).to_have_count(0)  # healthy: no badge
+    await expect(item.locator("[data-health]")).to_have_count(0)
+    await expect(ui_page.locator(".health-state [data-health]")).to_have_text("health: healthy")
+    fresh = await wait_for(ui_server.client, session["id"], lambda s: s["status"] == "running")
+    assert fresh["container_id"] != session["container_id"]
+
+    # The terminal works on the new container.
+    await ui_page.keyboard.press("t")
+    await expect(ui_page.locator(".term-status")).to_have_text("Connected")
+    await type_in_terminal(ui_page, "echo back-$((50+5))\n")
+    await wait_for_terminal_text(ui_page, "back-55")
+    await assert_page_clean(ui_page, ui_problems)
+
+
+async def test_chat_streams_and_messages_go_to_the_agent(
+    ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
+) -> None:
+    """Chat events published by the daemon appear live, in order, with tool calls folded."""
+    session = await create_running(ui_server.client, git_repo, backend="local")
+    hub = ui_server.app[HUB]
+    sid = session["id"]
+    await hub.publish(
+        "chat_message", sid, message={"id": "u1", "role": "user", "content": "List the files"}
+    )
+    await open_page(ui_page, f"/#/s/{sid}/chat")
+    chat = ui_page.locator(".chat-list")
+    await expect(chat.locator(".role-user")).to_contain_text("List the files")  # the history
+
+    await hub.publish(
+        "chat_message",
+        sid,
+        message={"id": "a1", "role": "assistant", "content": "I will look.", "model": "m-1",
+                 "tokens_input": 1200, "tokens_output": 34},
+    )  # fmt: skip
+    await hub.publish(
+        "tool_call", sid, call={"id": "c1", "name": "Bash", "input": {"command": "ls -la"}}
+    )
+    await expect(chat.locator(".tool-call summary")).to_contain_text("Bash")
+    await expect(chat.locator(".tool-call summary")).to_contain_text("ls -la")
+    await expect(chat.locator(".tool-call .tool-output")).to_contain_text("Running")
+    await hub.publish(
+        "tool_result", sid, result={"call_id": "c1", "output": "README.md\n", "is_error": False}
+    )
+    await hub.publish(
+        "chat_message",
+        sid,
+        message={"id": "a2", "role": "assistant", "content": "There is a README.",
+                 "tokens_input": 1300, "tokens_output": 8},
+    )  # fmt: skip
+    await expect(chat.locator(".chat-message")).to_have_count(3)
+    texts = await chat.locator(".chat-item").all_inner_texts()
+    assert ["List the files" in texts[0], "I will look." in texts[1]] == [True, True]
+    assert ["Bash" in texts[2], "There is a README." in texts[3]] == [True, True]
+    await expect(ui_page.locator(".chat-totals")).to_have_text("Tokens so far: 2,500 in, 42 out")
+    details = chat.locator("details.tool-call")
+    await expect(details.locator(".tool-result")).to_be_hidden()  # folded until opened
+    await details.locator("summary").click()
+    await expect(details.locator(".tool-input")).to_contain_text('"command": "ls -la"')
+    await expect(details.locator(".tool-result")).to_have_text("README.md")
+    await shot(ui_page, "chat")
+
+    # Sending: typed into the agent's terminal, here a shell that runs it.
+    await ui_page.get_by_label("Message to the agent").fill("echo sent-$((6*7))")
+    await ui_page.keyboard.press("Enter")
+    await expect(ui_page.locator(".composer-note")).to_contain_text("Sent")
+    await ui_page.keyboard.press("Alt+2")
+    await wait_for_terminal_text(ui_page, "sent-42")
+    await assert_page_clean(ui_page, ui_problems)
+
+
+async def test_chat_resumes_after_the_events_socket_drops(
+    ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
+) -> None:
+    """Events published while the page is cut off arrive after the reconnect, once each."""
+    session = await create_running(ui_server.client, git_repo, backend="local")
+    sid = session["id"]
+    hub = ui_server.app[HUB]
+    await open_page(ui_page, f"/#/s/{sid}/chat")
+    await hub.publish("chat_message", sid, message={"id": "m0", "role": "user", "content": "m0"})
+    await expect(ui_page.locator(".chat-message")).to_have_count(1)
+
+    # Cut every events socket from the daemon's side, then publish while the page is away.
+    from daemon.keys import SOCKETS
+
+    for ws in ui_server.app[SOCKETS].all():
+        await ws.close(code=1011)
+    await expect(ui_page.locator(".connection")).not_to_have_text("Live")
+    for n in range(1, 4):
+        await hub.publish(
+            "chat_message", sid, message={"id": f"m{n}", "role": "assistant", "content": f"m{n}"}
+        )
+    await expect(ui_page.locator(".connection")).to_have_text("Live", timeout=10_000)
+    await expect(ui_page.locator(".chat-message")).to_have_count(4)
+    contents = await ui_page.locator(".chat-content").all_inner_texts()
+    assert contents == ["m0", "m1", "m2", "m3"]
+    await assert_page_clean(ui_page, ui_problems)

@@ -1,0 +1,48 @@
+// Bundle src/main.ts (and the CSS it imports) into dist/assets with content-hashed names,
+// then write dist/index.html from index.html pointing at them. index.html is the only file
+// whose name never changes, so the daemon serves it with no-cache and everything under
+// /assets/ as immutable.
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import * as esbuild from "esbuild";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const dist = path.join(here, "dist");
+const assets = path.join(dist, "assets");
+
+// A clean directory each time: stale hashed files would otherwise pile up.
+await rm(dist, { recursive: true, force: true });
+await mkdir(assets, { recursive: true });
+
+const result = await esbuild.build({
+  absWorkingDir: here,
+  entryPoints: ["src/main.ts"],
+  bundle: true,
+  format: "esm",
+  target: "es2022",
+  minify: true,
+  sourcemap: "linked",
+  legalComments: "linked",
+  outdir: assets,
+  entryNames: "[name]-[hash]",
+  assetNames: "[name]-[hash]",
+  metafile: true,
+  logLevel: "warning",
+});
+
+let script = null;
+let style = null;
+for (const [file, output] of Object.entries(result.metafile.outputs)) {
+  if (output.entryPoint === "src/main.ts") {
+    script = path.basename(file);
+    if (output.cssBundle) style = path.basename(output.cssBundle);
+  }
+}
+if (!script || !style) throw new Error("esbuild produced no script or no stylesheet");
+
+const template = await readFile(path.join(here, "index.html"), "utf8");
+const page = template.replaceAll("__SCRIPT__", script).replaceAll("__STYLE__", style);
+if (page === template) throw new Error("index.html has no __SCRIPT__/__STYLE__ placeholders");
+await writeFile(path.join(dist, "index.html"), page);
+console.log(`web: dist/index.html -> assets/${script}, assets/${style}`);

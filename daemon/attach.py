@@ -342,9 +342,13 @@ class Bridge:
     async def _connect(
         self, http: aiohttp.ClientSession, url: URL
     ) -> aiohttp.ClientWebSocketResponse | Outcome:
+        # With auth on, an API token from the environment (never a flag: `ps` shows flags).
+        token = os.environ.get("CORRAL_TOKEN", "").strip()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             return await http.ws_connect(
                 url,
+                headers=headers,
                 heartbeat=HEARTBEAT,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=FLUSH_TIMEOUT),
             )
@@ -609,7 +613,12 @@ class Bridge:
 
 def _handshake_message(exc: aiohttp.WSServerHandshakeError, url: URL) -> str:
     if exc.status == 401:
-        return "the daemon requires authentication, which corral attach cannot do yet"
+        if os.environ.get("CORRAL_TOKEN", "").strip():
+            return "the daemon refused the API token in CORRAL_TOKEN (401): revoked or mistyped?"
+        return (
+            "the daemon requires authentication (401): set CORRAL_TOKEN to an API token "
+            "(create one while signed in: POST /api/auth/tokens)"
+        )
     if exc.status == 403:
         return f"the daemon refused the console connection (403): {exc.message}"
     if exc.status == 404:

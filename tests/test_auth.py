@@ -594,3 +594,24 @@ async def test_with_auth_off_everything_is_open_and_ceremonies_are_409(
         response = await client.request(method, path, json=body)
         await error_of(response, 409, "CONFLICT")
     assert (await client.post("/api/auth/logout")).status == 204
+
+
+# --- corral attach ----------------------------------------------------------------------
+
+
+async def test_corral_attach_signs_in_with_corral_token(
+    client: Any, authn: SoftAuthenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_attach_client import attached, url_of
+
+    await signed_up(client, authn)
+    secret = (await new_token(client))["secret"]
+    monkeypatch.delenv("CORRAL_TOKEN", raising=False)
+    async with attached(url_of(client, UNKNOWN)) as viewer:
+        outcome = await viewer.outcome()
+    assert outcome.status == 1
+    assert "CORRAL_TOKEN" in outcome.message
+    monkeypatch.setenv("CORRAL_TOKEN", secret)
+    async with attached(url_of(client, UNKNOWN)) as viewer:
+        outcome = await viewer.outcome()
+    assert (outcome.status, outcome.message) == (2, "session not found")  # past the auth

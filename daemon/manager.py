@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ CHAT_EVENT_TYPES = ("chat_message", "tool_call", "tool_result")
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
 PASTE_SETTLE_SECONDS = 0.05
 ENGINE_TRUST_SECONDS = 2.0
+REATTACH_CONCURRENCY = 16  # terminals reattached at once after a restart
 
 _Body = Callable[["SessionRecord", "_Operation"], Awaitable[None]]
 
@@ -269,9 +271,27 @@ class SessionManager:
             self.tasks.spawn(self._reattach(running), name="console-reattach")
 
     async def _reattach(self, records: list[SessionRecord]) -> None:
-        """After a restart: rebuild each running session's screen from its log and attach."""
-        for record in records:
-            await self._attach_console(record, replay_log=True)
+        """After a restart: rebuild each running session's screen from its log and attach.
+
+        Several at a time: each is two engine round trips (log tail, attach) that mostly
+        wait, and with a hundred sessions one after another the last terminal would stay
+        dark for seconds. Bounded, so the engine is not handed a hundred requests at once.
+        """
+        started = time.monotonic()
+        gate = asyncio.Semaphore(REATTACH_CONCURRENCY)
+
+        async def one(record: SessionRecord) -> None:
+            async with gate:
+                await self._attach_console(record, replay_log=True)
+
+        await asyncio.gather(*(one(record) for record in records))
+        attached = sum(1 for record in records if self.consoles.get(record.id) is not None)
+        log.info(
+            "consoles_reattached",
+            count=attached,
+            sessions=len(records),
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     # create
 

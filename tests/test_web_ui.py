@@ -19,7 +19,7 @@ from playwright.async_api import Page, expect
 from daemon.keys import HUB
 from daemon.settings import Settings
 from tests import ui_helpers
-from tests.conftest import create_running, wait_for
+from tests.conftest import create_running, make_repo, wait_for
 from tests.ui_helpers import (
     PageProblems,
     UiServer,
@@ -38,6 +38,12 @@ ui_browser = ui_helpers.ui_browser
 ui_problems = ui_helpers.ui_problems
 ui_page = ui_helpers.ui_page
 pytestmark = [pytest.mark.browser]
+
+# A 1x1 PNG, for the image attachment.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
 
 
 async def open_page(ui_page: Page, path: str) -> None:
@@ -122,23 +128,60 @@ async def test_create_a_session_through_the_form(
     await expect(dialog.locator(".browse-entry", has_text="repo")).to_contain_text("git")
     await shot(ui_page, "create-browse")
     await dialog.get_by_role("button", name="Choose repo").click()
-    await expect(ui_page.get_by_label("Folder (a git repository")).to_have_value(str(git_repo))
+    await expect(ui_page.get_by_label("Folder (a git repository").first).to_have_value(
+        str(git_repo)
+    )
+
+    # A second repository, mounted under /repos/<mount name>, and an image to attach.
+    other = make_repo(tmp_path / "Other Repo")
+    await ui_page.get_by_role("button", name="Add another repository").click()
+    second = ui_page.locator(".repo-row").nth(1)
+    await second.get_by_label("Folder (a git repository").fill(str(other))
+    await expect(second.get_by_label("Mount name")).to_have_value("other-repo")
+    await expect(second.locator("legend")).to_have_text(
+        "Repository 2 (mounted at /repos/other-repo)"
+    )
+    await ui_page.get_by_label("Attach images").set_input_files(
+        [{"name": "sketch.png", "mimeType": "image/png", "buffer": PNG}]
+    )
     await ui_page.get_by_label("Session name").fill("from-the-form")
     await shot(ui_page, "create-form")
 
+    # The progress of the creation shows while it runs (watched from inside the page).
+    await ui_page.evaluate(
+        """() => { window.__progress = [];
+            new MutationObserver(() => document.querySelectorAll(".progress-text").forEach(
+                (e) => window.__progress.push(e.textContent))).observe(
+                document.body, {subtree: true, childList: true}); }"""
+    )
     await ui_page.get_by_role("button", name="Create session").click()
     await expect(ui_page.locator("#session-title")).to_have_text("from-the-form")
     header = ui_page.locator(".session-header")
     await expect(header.locator("[data-status]")).to_have_text("running", timeout=30_000)
     await expect(header.locator(".branch")).to_have_text("corral/from-the-form")
+    await expect(header.locator(".repos li")).to_have_count(2)
+    await expect(header.locator(".repos")).to_contain_text("/repos/other-repo")
+    assert await ui_page.evaluate("() => window.__progress.length") > 0
     item = ui_page.locator(".session-item", has_text="from-the-form")
     await expect(item.locator("[data-status]")).to_have_text("running")
     await expect(item).to_contain_text(git_repo.name)
     listed = await (await ui_server.client.get("/api/sessions")).json()
     assert [s["name"] for s in listed["sessions"]] == ["from-the-form"]
-    assert listed["sessions"][0]["status"] == "running"
+    session = listed["sessions"][0]
+    assert session["status"] == "running"
+    assert [r["mount_name"] for r in session["repositories"]] == ["repo", "other-repo"]
+
+    # Once running, the image is uploaded into the working directory and named to the agent.
+    attached = Path(session["worktree_path"], "sketch.png")
+    await eventually(lambda: _exists(attached), what="the attached image in the worktree")
+    assert attached.read_bytes() == PNG
+    await expect(ui_page.locator(".notice")).to_contain_text("Attached 1 image(s)")
     await shot(ui_page, "session-list")
     await assert_page_clean(ui_page, ui_problems)
+
+
+async def _exists(path: Path) -> bool:
+    return path.exists()
 
 
 @pytest.mark.docker
@@ -301,4 +344,89 @@ async def test_chat_resumes_after_the_events_socket_drops(
     await expect(ui_page.locator(".chat-message")).to_have_count(4)
     contents = await ui_page.locator(".chat-content").all_inner_texts()
     assert contents == ["m0", "m1", "m2", "m3"]
+    await assert_page_clean(ui_page, ui_problems)
+
+
+@pytest.mark.docker
+async def test_delete_warns_about_unsaved_work_then_forces(
+    ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
+) -> None:
+    session = await create_running(ui_server.client, git_repo)
+    Path(session["worktree_path"], "notes.txt").write_text("unsaved\n")
+    await open_page(ui_page, f"/#/s/{session['id']}")
+    await ui_page.locator(".action-bar [data-action=delete]").click()
+    confirm = ui_page.get_by_role("dialog")
+    await expect(confirm).to_contain_text(f"branch {session['branch_name']} is kept")
+    await expect(confirm.get_by_role("button", name="Cancel")).to_be_focused()  # the safe one
+    await confirm.get_by_role("button", name="Delete").click()
+
+    # The daemon refuses (409) and says why; the page shows the work that would be lost.
+    warning = ui_page.get_by_role("dialog")
+    await expect(warning).to_contain_text("This session has unsaved work")
+    await expect(warning).to_contain_text("notes.txt")
+    await expect(warning).to_contain_text("1 uncommitted change")
+    await shot(ui_page, "delete-warning")
+    await warning.get_by_role("button", name="Delete anyway").click()
+    await expect(ui_page.locator(".session-item")).to_have_count(0, timeout=30_000)
+    await expect(ui_page.locator(".list-count")).to_contain_text("No sessions yet")
+    gone = await ui_server.client.get(f"/api/sessions/{session['id']}")
+    assert gone.status == 404
+    await assert_page_clean(ui_page, ui_problems)
+
+
+async def test_phone_layout_and_keyboard_shortcuts(
+    ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
+) -> None:
+    first = await create_running(ui_server.client, git_repo, backend="local", name="first")
+    second = await create_running(ui_server.client, git_repo, backend="local", name="second")
+    listed = await (await ui_server.client.get("/api/sessions")).json()
+    order = [s["name"] for s in listed["sessions"]]  # newest first; ties by id
+    await open_page(ui_page, "/")
+    await expect(ui_page.locator(".session-name")).to_have_text(order)
+
+    # Keyboard: j/k walk the list, t/h/c switch tabs, / filters, ? lists the shortcuts.
+    await ui_page.keyboard.press("j")
+    await expect(ui_page.locator("#session-title")).to_have_text(order[0])
+    await ui_page.keyboard.press("j")
+    await expect(ui_page.locator("#session-title")).to_have_text(order[1])
+    await ui_page.keyboard.press("k")
+    await expect(ui_page.locator("#session-title")).to_have_text(order[0])
+    await ui_page.keyboard.press("j")
+    opened = first if order[1] == "first" else second
+    await ui_page.keyboard.press("h")
+    await expect(ui_page.get_by_role("tab", name="Health")).to_have_attribute(
+        "aria-selected", "true"
+    )
+    assert ui_page.url.endswith(f"#/s/{opened['id']}/health")
+    await ui_page.keyboard.press("t")
+    await expect(ui_page.locator(".term-status")).to_have_text("Connected")
+    await ui_page.keyboard.press("Alt+1")  # leaves the terminal for the chat
+    await expect(ui_page.get_by_role("tab", name="Chat")).to_have_attribute("aria-selected", "true")
+    await ui_page.keyboard.press("/")
+    await expect(ui_page.locator("#session-filter")).to_be_focused()
+    await ui_page.keyboard.type("sec")
+    await expect(ui_page.locator(".session-item")).to_have_count(1)
+    await ui_page.keyboard.press("Escape")  # clears the filter and leaves it
+    await expect(ui_page.locator(".session-item")).to_have_count(2)
+    await ui_page.keyboard.press("?")
+    await expect(ui_page.get_by_role("dialog")).to_contain_text("Keyboard shortcuts")
+    await ui_page.keyboard.press("Escape")
+    await expect(ui_page.get_by_role("dialog")).to_have_count(0)
+
+    # A phone: the list alone, then the session alone with a way back.
+    await ui_page.set_viewport_size(ui_helpers.PHONE)
+    await ui_page.goto("/#/")
+    await expect(ui_page.locator(".sidebar")).to_be_visible()
+    await expect(ui_page.locator("main")).to_be_hidden()
+    await shot(ui_page, "phone-list")
+    await ui_page.locator(".session-item", has_text="second").click()
+    await expect(ui_page.locator(".sidebar")).to_be_hidden()
+    await expect(ui_page.locator("#session-title")).to_have_text("second")
+    width = await ui_page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= ui_helpers.PHONE["width"], "the page scrolls sideways on a phone"
+    await ui_page.get_by_role("tab", name="Terminal").click()
+    await expect(ui_page.locator(".term-status")).to_have_text("Connected")
+    await shot(ui_page, "phone-terminal")
+    await ui_page.get_by_role("link", name="← Sessions").click()
+    await expect(ui_page.locator(".sidebar")).to_be_visible()
     await assert_page_clean(ui_page, ui_problems)

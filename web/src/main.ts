@@ -195,6 +195,14 @@ function renderList(): void {
 }
 
 filter.addEventListener("input", renderList);
+filter.addEventListener("keydown", (event) => {
+  // Escape leaves the filter (cleared), so the single-key shortcuts work again.
+  if (event.key === "Escape") {
+    filter.value = "";
+    renderList();
+    filter.blur();
+  }
+});
 showArchived.addEventListener("change", renderList);
 
 async function loadList(): Promise<void> {

@@ -267,7 +267,9 @@ export class SessionView {
         { class: "facts inline-facts" },
         fact("Branch", h("code", { class: "branch" }, session.branch_name)),
         fact("Agent", session.agent, session.model ? ` (${session.model})` : "", session.no_plan_mode ? "" : ", plan mode"),
-        fact("Image", h("code", null, session.image ?? "default")),
+        session.backend === "local"
+          ? fact("Runs", "on the host (local backend, no container)")
+          : fact("Image", h("code", null, session.image ?? "default")),
         fact("Created", h("time", { datetime: session.created_at, title: session.created_at }, relativeTime(session.created_at))),
         fact(session.repositories.length > 1 ? "Repositories" : "Repository", h("ul", { class: "repos" }, repos)),
       ),

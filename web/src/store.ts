@@ -50,8 +50,10 @@ export class SessionStore {
     return this.sessions.get(id);
   }
 
-  /** Newest first, as the API lists them. */
+  /** Newest first, ties by id, exactly as the API orders them. */
   list(): Session[] {
-    return [...this.sessions.values()].sort((a, b) => b.created_at.localeCompare(a.created_at));
+    return [...this.sessions.values()].sort(
+      (a, b) => b.created_at.localeCompare(a.created_at) || b.id.localeCompare(a.id),
+    );
   }
 }

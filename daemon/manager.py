@@ -267,8 +267,8 @@ class SessionManager:
             for r in self.records.values()
             if r.status is SessionStatus.RUNNING and r.container_id and not r.archived
         ]
-        if running:
-            self.tasks.spawn(self._reattach(running), name="console-reattach")
+        # Also with none, so that "every console is back" is always logged once at start.
+        self.tasks.spawn(self._reattach(running), name="console-reattach")
 
     async def _reattach(self, records: list[SessionRecord]) -> None:
         """After a restart: rebuild each running session's screen from its log and attach.

@@ -41,6 +41,7 @@ EXPECTED = {
     "console_memory.py": {"rss_per_full_session"},
     "reconcile_kill_to_event.py": {"kill_to_status_p99"},
     "reconcile_pass.py": {"pass_time", "pass_engine_calls"},
+    "startup_reattach.py": {"start_to_consoles_reattached"},
     "events_fanout.py": {"latency_p99_1000eps", "gaps_1000eps", "max_delivered_rate"},
     "events_replay.py": {"replay_10k"},
 }

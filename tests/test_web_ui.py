@@ -8,6 +8,7 @@ main screens go to ``test-artifacts/screenshots/``.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from daemon.keys import HUB
 from daemon.settings import Settings
 from tests import ui_helpers
 from tests.conftest import create_running, make_repo, wait_for
+from tests.model_server import FAKE_API_KEY, ModelServer, Text, ToolUse, model_server_fixture
 from tests.ui_helpers import (
     PageProblems,
     UiServer,
@@ -37,6 +39,7 @@ ui_server = ui_helpers.ui_server
 ui_browser = ui_helpers.ui_browser
 ui_problems = ui_helpers.ui_problems
 ui_page = ui_helpers.ui_page
+__all__ = ["model_server_fixture"]  # used by name
 pytestmark = [pytest.mark.browser]
 
 # A 1x1 PNG, for the image attachment.
@@ -430,3 +433,87 @@ async def test_phone_layout_and_keyboard_shortcuts(
     await ui_page.get_by_role("link", name="← Sessions").click()
     await expect(ui_page.locator(".sidebar")).to_be_visible()
     await assert_page_clean(ui_page, ui_problems)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+async def test_real_claude_code_chat_streams_into_the_page(
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    settings: Settings,
+    git_repo: Path,
+    agent_image: str,
+    model_server: ModelServer,
+    web_dist: Path,
+    ui_browser: Any,
+) -> None:
+    """The real Claude Code TUI against the scripted model: approve in the page's terminal,
+    watch the chat stream in, answer from the composer."""
+    settings.sessions.start_agent = True
+    settings.docker.network_mode = "host"  # to reach the scripted model on 127.0.0.1
+    settings.agents.anthropic_base_url = model_server.url
+    settings.agents.anthropic_api_key = FAKE_API_KEY  # type: ignore[assignment]
+    model_server.script(
+        ToolUse("Bash", {"command": "echo hello > /workspace/out.txt", "description": "write"}),
+        Text("done: the file says hello"),
+        Text("second answer"),
+    )
+    problems = PageProblems()
+    async with ui_helpers.serve(aiohttp_server, aiohttp_client, settings) as server:
+        session = await create_running(
+            server.client, git_repo, image=agent_image, no_plan_mode=True, prompt="write the file"
+        )
+        assert session["status"] == "running", session
+        page = await ui_helpers.new_page(ui_browser, server, problems)
+        await open_page(page, f"/#/s/{session['id']}/terminal")
+        await expect(page.locator(".term-status")).to_have_text("Connected")
+
+        # Claude asks before running Bash: the header says so, Enter in the terminal approves.
+        header = page.locator(".session-header")
+        await expect(header.locator("[data-agent-state]")).to_have_text(
+            "agent: waiting approval", timeout=90_000
+        )
+        await wait_for_terminal_text(page, "proceed", timeout=30)
+        await shot(page, "claude-terminal")
+        await page.locator(".term-host .xterm-helper-textarea").focus()
+        await page.keyboard.press("Enter")
+
+        # The chat: the prompt, the tool call with its input and output, the answer.
+        await page.keyboard.press("Alt+1")
+        chat = page.locator(".chat-list")
+        await expect(chat.locator(".role-user").first).to_contain_text("write the file")
+        call = chat.locator("details.tool-call")
+        await expect(call.locator("summary")).to_contain_text("Bash", timeout=60_000)
+        await expect(call.locator("summary")).to_contain_text("echo hello > /workspace/out.txt")
+        await expect(call.locator(".tool-state")).to_have_text("done", timeout=30_000)
+        await expect(chat.locator(".role-assistant").last).to_contain_text(
+            "done: the file says hello", timeout=30_000
+        )
+        assert Path(session["worktree_path"], "out.txt").read_text() == "hello\n"
+        await expect(header.locator("[data-agent-state]")).to_have_text("agent: waiting input")
+        await expect(page.locator(".chat-totals")).to_contain_text("Tokens so far")
+        await call.locator("summary").click()
+        await shot(page, "claude-chat")
+
+        # The theme follows the system's, the terminal's colours too.
+        light = await page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        await page.emulate_media(color_scheme="dark")
+        dark = await page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        assert dark != light
+        await shot(page, "claude-chat-dark")
+        await page.keyboard.press("Alt+2")
+        theme = await page.evaluate("() => window.__corral.term.options.theme.background")
+        assert theme == "#0b0e12"
+        await shot(page, "claude-terminal-dark")
+        await page.keyboard.press("Alt+1")
+
+        # The next turn goes from the composer and streams back.
+        await page.get_by_label("Message to the agent").fill("and now?")
+        await page.keyboard.press("Enter")
+        await expect(chat.locator(".role-user").last).to_contain_text("and now?", timeout=60_000)
+        await expect(chat.locator(".role-assistant").last).to_contain_text(
+            "second answer", timeout=60_000
+        )
+        requests = await model_server.wait_for_requests(3, timeout=30)
+        assert "and now?" in json.dumps(requests[2]["messages"])
+        await assert_page_clean(page, problems)

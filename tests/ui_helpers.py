@@ -9,6 +9,7 @@ daemon allows. Screenshots of the main screens go to ``test-artifacts/screenshot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -64,10 +65,11 @@ class UiServer:
         return f"http://localhost:{self.port}"
 
 
-@pytest.fixture
-async def ui_server(
-    aiohttp_server: Any, aiohttp_client: Any, settings: Settings, web_dist: Path
+@contextlib.asynccontextmanager
+async def serve(
+    aiohttp_server: Any, aiohttp_client: Any, settings: Settings
 ) -> AsyncIterator[UiServer]:
+    """The daemon on a real port; its containers swept afterwards."""
     app = create_app(settings)
     server = await aiohttp_server(app, host="127.0.0.1")
     client = await aiohttp_client(server)
@@ -76,6 +78,14 @@ async def ui_server(
     finally:
         await app[TASKS].wait(timeout=30)
         sweep_containers(settings.data_dir)
+
+
+@pytest.fixture
+async def ui_server(
+    aiohttp_server: Any, aiohttp_client: Any, settings: Settings, web_dist: Path
+) -> AsyncIterator[UiServer]:
+    async with serve(aiohttp_server, aiohttp_client, settings) as server:
+        yield server
 
 
 @pytest.fixture
@@ -108,15 +118,19 @@ async def ui_problems() -> PageProblems:
 @pytest.fixture
 async def ui_page(ui_browser: Browser, ui_server: UiServer, ui_problems: PageProblems) -> Page:
     """A desktop-sized page on the daemon under test, its errors gathered in ui_problems."""
-    context = await ui_browser.new_context(viewport=DESKTOP, base_url=ui_server.url)  # type: ignore[arg-type]
+    return await new_page(ui_browser, ui_server, ui_problems)
+
+
+async def new_page(browser: Browser, server: UiServer, problems: PageProblems) -> Page:
+    context = await browser.new_context(viewport=DESKTOP, base_url=server.url)  # type: ignore[arg-type]
     page = await context.new_page()
     page.set_default_timeout(15_000)
 
     def console(message: Any) -> None:
         if message.type == "error":
-            ui_problems.console.append(message.text)
+            problems.console.append(message.text)
 
-    page.on("pageerror", lambda error: ui_problems.errors.append(str(error)))
+    page.on("pageerror", lambda error: problems.errors.append(str(error)))
     page.on("console", console)
     return page
 

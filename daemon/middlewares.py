@@ -82,7 +82,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_error(_from_http_exception(request, exc))
+        response = json_error(_from_http_exception(request, exc))
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))  # RFC 9110
+        return response
     except HttpProcessingError as exc:
         # A body aiohttp could not parse (a multipart part with a NUL in a header, say).
         return json_error(InvalidRequest(f"malformed request body: {exc.message}"))

@@ -517,3 +517,67 @@ async def test_real_claude_code_chat_streams_into_the_page(
         requests = await model_server.wait_for_requests(3, timeout=30)
         assert "and now?" in json.dumps(requests[2]["messages"])
         await assert_page_clean(page, problems)
+
+
+AUTHENTICATOR = {
+    "protocol": "ctap2",
+    "transport": "internal",
+    "hasResidentKey": True,
+    "hasUserVerification": True,
+    "isUserVerified": True,
+    "automaticPresenceSimulation": True,
+}
+
+
+async def test_with_sign_in_the_ui_offers_api_tokens_and_sign_out(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path, web_dist: Path, ui_browser: Any
+) -> None:
+    """Auth on: the UI comes after the passkey page, manages API tokens and signs out."""
+    from backends.local import LocalBackend
+    from daemon.app import create_app
+    from daemon.keys import AUTH
+    from tests.test_auth import auth_settings
+
+    app = create_app(auth_settings(tmp_path), backends={"local": LocalBackend()})
+    server = await aiohttp_server(app, host="127.0.0.1")
+    client = await aiohttp_client(server)
+    base = f"http://localhost:{server.port}"
+    problems = PageProblems()
+    page = await ui_helpers.new_page(
+        ui_browser, UiServer(app=app, port=server.port, client=client), problems
+    )
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("WebAuthn.enable")
+    await cdp.send("WebAuthn.addVirtualAuthenticator", {"options": AUTHENTICATOR})
+
+    await page.goto(f"{base}/")
+    await expect(page).to_have_url(re.compile(r"/login"))  # signed out: the passkey page
+    await page.fill("#setup-token", app[AUTH].setup_token)
+    await page.fill("#username", "alice")
+    await page.click("#register")
+    # Signed in, the passkey page sends the browser back where it was going: the UI.
+    await expect(page.locator(".connection")).to_have_text("Live")
+
+    await open_page(page, "/")
+    account = page.locator(".account")
+    await expect(account).to_contain_text("alice")
+    await account.get_by_role("link", name="API tokens").click()
+    await expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
+    await page.get_by_label("New token's name").fill("ci-script")
+    await page.get_by_role("button", name="Create token").click()
+    secret = await page.get_by_label("Token secret").input_value()
+    assert secret
+    await expect(page.locator(".token-table")).to_contain_text("ci-script")
+    await shot(page, "api-tokens")
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert (await client.get("/api/sessions", headers=headers)).status == 200
+
+    await page.get_by_role("button", name="Revoke ci-script").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Revoke").click()
+    await expect(page.locator(".token-table")).to_contain_text("No API tokens yet")
+    assert (await client.get("/api/sessions", headers=headers)).status == 401
+
+    await account.get_by_role("button", name="Sign out").click()
+    await expect(page).to_have_url(re.compile(r"/login"))
+    assert (await client.get("/api/sessions")).status == 401
+    await assert_page_clean(page, problems)

@@ -38,7 +38,7 @@ export function tokensView(): HTMLElement {
               h("tbody", null, tokens.map((token) => {
                 const revoke = h("button", { type: "button", class: "button danger-outline small", "aria-label": `Revoke ${token.name}` }, "Revoke");
                 revoke.addEventListener("click", () => void remove(token));
-                return h("tr", { "data-token-id": token.id }, h("td", null, token.name), h("td", null, h("code", null, `${token.hint}…`)),
+                return h("tr", { "data-token-id": token.id }, h("td", null, token.name), h("td", null, h("code", null, token.hint.endsWith("…") ? token.hint : `${token.hint}…`)),
                   h("td", null, relativeTime(token.created_at)), h("td", null, token.last_used_at ? relativeTime(token.last_used_at) : "never"), h("td", null, revoke));
               }))),  // prettier-ignore
       );

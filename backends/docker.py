@@ -185,16 +185,23 @@ class DockerBackend(Backend):
             "label": [f"{LABEL_MANAGED}=true", f"{LABEL_DAEMON_INSTANCE}={instance}"],
             "event": list(WATCHED_EVENTS),
         }
-        async with self._engine("watch the engine's container events") as docker:
-            # aiodocker's own events helper forwards through a channel task; the raw
-            # endpoint is one response read line by line.
-            response = await docker._do_query(
-                "events", method="GET", params={"filters": json.dumps(filters)}, timeout=None
-            )
+        # A client of its own: when a call on the shared client finds the engine gone, that
+        # client is closed, and a reader of a streaming response on it was seen to wait
+        # forever. This stream's end must be the engine's own.
+        own = self._new_client()
         try:
-            yield _event_lines(response, self._url)
+            async with self._engine("watch the engine's container events", client=own) as docker:
+                # aiodocker's own events helper forwards through a channel task; the raw
+                # endpoint is one response read line by line.
+                response = await docker._do_query(
+                    "events", method="GET", params={"filters": json.dumps(filters)}, timeout=None
+                )
+            try:
+                yield _event_lines(response, self._url)
+            finally:
+                response.close()
         finally:
-            response.close()
+            await own.close()
 
     async def close(self) -> None:
         docker, self._docker = self._docker, None
@@ -205,14 +212,17 @@ class DockerBackend(Backend):
 
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
-            try:
-                self._docker = aiodocker.Docker(url=self._url, api_version="auto")
-            # With no url, aiodocker asserts that it found a socket (ValueError under -O).
-            except (AssertionError, ValueError, aiodocker.DockerError) as exc:
-                raise BackendUnavailable(
-                    "no Docker engine found", details={"url": self._url, "error": str(exc)}
-                ) from exc
+            self._docker = self._new_client()
         return self._docker
+
+    def _new_client(self) -> aiodocker.Docker:
+        try:
+            return aiodocker.Docker(url=self._url, api_version="auto")
+        # With no url, aiodocker asserts that it found a socket (ValueError under -O).
+        except (AssertionError, ValueError, aiodocker.DockerError) as exc:
+            raise BackendUnavailable(
+                "no Docker engine found", details={"url": self._url, "error": str(exc)}
+            ) from exc
 
     async def _discard(self, docker: aiodocker.Docker) -> None:
         # An engine that went away may come back as another version (or at another socket when
@@ -222,10 +232,15 @@ class DockerBackend(Backend):
         await docker.close()
 
     def _engine(
-        self, action: str, *, absent_ok: bool = False, limit: float | None = None
+        self,
+        action: str,
+        *,
+        absent_ok: bool = False,
+        limit: float | None = None,
+        client: aiodocker.Docker | None = None,
     ) -> _Exchange:
         seconds = self._api_timeout if limit is None else limit
-        return _Exchange(self, action, absent_ok=absent_ok, seconds=seconds)
+        return _Exchange(self, action, absent_ok=absent_ok, seconds=seconds, client=client)
 
 
 class _DockerTerminal(TerminalStream):
@@ -260,16 +275,23 @@ class _Exchange:
     """
 
     def __init__(
-        self, backend: DockerBackend, action: str, *, absent_ok: bool, seconds: float
+        self,
+        backend: DockerBackend,
+        action: str,
+        *,
+        absent_ok: bool,
+        seconds: float,
+        client: aiodocker.Docker | None = None,
     ) -> None:
         self._backend = backend
+        self._own_client = client  # None: the backend's shared client
         self._action = action
         self._absent_ok = absent_ok
         self._seconds = seconds
         self._deadline = asyncio.timeout(seconds)
 
     async def __aenter__(self) -> aiodocker.Docker:
-        self._docker = self._backend._client()
+        self._docker = self._own_client or self._backend._client()
         self._backend.engine_calls += 1
         await self._deadline.__aenter__()
         return self._docker
@@ -315,7 +337,8 @@ async def _event_lines(
     while True:
         try:
             line = await response.content.readline()
-        except (aiohttp.ClientError, OSError) as exc:
+        # A closed connection may also surface as a bare RuntimeError("Connection closed").
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:
             raise _unavailable("read the engine's events", url, exc) from exc
         if not line:
             return

@@ -96,6 +96,7 @@ class Reconciler:
         self._pass_wanted = asyncio.Event()
         self._pass_done = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
+        self._watchers: dict[str, asyncio.Task[None]] = {}
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._closed = False
@@ -118,9 +119,7 @@ class Reconciler:
         self._tasks.append(asyncio.create_task(self._periodic(), name="reconcile-passes"))
         for backend in self.manager.backends.values():
             if backend.has_events:
-                self._tasks.append(
-                    asyncio.create_task(self._watch(backend), name=f"engine-events:{backend.name}")
-                )
+                self._start_watch(backend)
         self.watchdog.start()
         self.request_pass()
 
@@ -129,7 +128,7 @@ class Reconciler:
         self._closed = True
         self.manager.consoles.on_exit = self._previous_on_exit
         self.manager.on_action = None
-        tasks = [*self._tasks, *self._checks.values()]
+        tasks = [*self._tasks, *self._watchers.values(), *self._checks.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -160,6 +159,14 @@ class Reconciler:
                 await self.full_pass()
             except Exception:
                 log.exception("reconcile_pass_failed")
+
+    def _start_watch(self, backend: Backend) -> None:
+        old = self._watchers.pop(backend.name, None)
+        if old is not None:
+            old.cancel()
+        self._watchers[backend.name] = asyncio.create_task(
+            self._watch(backend), name=f"engine-events:{backend.name}"
+        )
 
     async def _watch(self, backend: Backend) -> None:
         """Follow the engine's events; reconnect with back-off when it goes away."""
@@ -294,6 +301,11 @@ class Reconciler:
                 listed = await backend.list_managed(self.instance)
             except BackendError as exc:
                 if isinstance(exc, BackendUnavailable):
+                    if backend.has_events and self.engines[name].available:
+                        # The engine is away yet its events stream has not ended: never
+                        # trust a stream that may wait forever; start it over.
+                        log.warning("engine_events_restarted", backend=name)
+                        self._start_watch(backend)
                     self._engine_down(backend, exc.message)
                 else:
                     log.warning("reconcile_list_failed", backend=name, error=exc.message)

@@ -410,3 +410,35 @@ async def _stalled(client: Any, session_id: str) -> bool:
 
 async def _not_stalled(client: Any, session_id: str) -> bool:
     return not await _stalled(client, session_id)
+
+
+async def test_events_stream_outlives_the_shared_client(
+    busybox_image: str, settings: Settings
+) -> None:
+    """A call that finds the engine gone closes the shared client; the stream is its own."""
+    from backends.docker import DockerBackend
+
+    backend = DockerBackend()
+    instance = str(settings.data_dir)
+    container = ""
+    try:
+        async with backend.events(instance) as stream:
+            await backend._discard(backend._client())  # what a call losing the engine does
+            labels = ["corral.managed=true", f"corral.daemon_instance={instance}",
+                      "corral.session_id=s1"]  # fmt: skip
+            flags = [arg for label in labels for arg in ("--label", label)]
+            container = docker("create", "--network", "none", *flags, busybox_image, "true")
+            container = container.strip()
+            docker("start", container)
+            event = await asyncio.wait_for(anext(stream), 10)
+            assert (event.action, event.container_id, event.session_id) == (
+                "start",
+                container,
+                "s1",
+            )
+            died = await asyncio.wait_for(anext(stream), 10)
+            assert (died.action, died.exit_code) == ("die", 0)
+    finally:
+        if container:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        await backend.close()

@@ -319,6 +319,16 @@ async def test_chat_streams_and_messages_go_to_the_agent(
     await expect(ui_page.locator(".composer-note")).to_contain_text("Sent")
     await ui_page.keyboard.press("Alt+2")
     await wait_for_terminal_text(ui_page, "sent-42")
+
+    # Attach: the file goes into the working directory and its name into the message.
+    await ui_page.keyboard.press("Alt+1")
+    await ui_page.get_by_label("Attach", exact=True).set_input_files(
+        [{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi\n"}]
+    )
+    await expect(ui_page.get_by_label("Message to the agent")).to_have_value(
+        "(attached in the working directory: notes.txt)"
+    )
+    assert Path(session["worktree_path"], "notes.txt").read_bytes() == b"hi\n"
     await assert_page_clean(ui_page, ui_problems)
 
 
@@ -581,3 +591,55 @@ async def test_with_sign_in_the_ui_offers_api_tokens_and_sign_out(
     await expect(page).to_have_url(re.compile(r"/login"))
     assert (await client.get("/api/sessions")).status == 401
     await assert_page_clean(page, problems)
+
+
+async def test_terminal_flow_control_under_a_flood(
+    ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
+) -> None:
+    """A flood faster than xterm draws: the page pauses its viewer, resumes, loses nothing."""
+    await ui_page.add_init_script(
+        "window.__controls = []; const send = WebSocket.prototype.send;"
+        " WebSocket.prototype.send = function (data) {"
+        "   if (typeof data === 'string' && this.url.includes('/ws/console/'))"
+        "     window.__controls.push(JSON.parse(data).type);"
+        "   return send.call(this, data); };"
+    )
+    session = await create_running(ui_server.client, git_repo, backend="local")
+    await open_page(ui_page, f"/#/s/{session['id']}/terminal")
+    await expect(ui_page.locator(".term-status")).to_have_text("Connected")
+    await type_in_terminal(ui_page, "seq 1 600000; echo flood-$((3*3))\n")
+    await wait_for_terminal_text(ui_page, "flood-9", timeout=60)
+    assert "600000" in await terminal_text(ui_page)  # the last line drawn, nothing dropped
+    controls = [c for c in await ui_page.evaluate("() => window.__controls") if c != "resize"]
+    assert controls[:1] == ["pause"], controls
+    assert controls.count("pause") == controls.count("resume")
+    assert controls[-1] == "resume"
+    await type_in_terminal(ui_page, "echo after-$((4*4))\n")  # not left paused
+    await wait_for_terminal_text(ui_page, "after-16")
+    await assert_page_clean(ui_page, ui_problems)
+
+
+async def test_a_long_chat_loads_its_earlier_part_on_request(
+    ui_page: Page,
+    ui_server: UiServer,
+    settings: Settings,
+    git_repo: Path,
+    ui_problems: PageProblems,
+) -> None:
+    settings.events.chat_history_limit = 10  # the session answers its newest 10 chat events
+    session = await create_running(ui_server.client, git_repo, backend="local")
+    for n in range(30):
+        await ui_server.app[HUB].publish(
+            "chat_message",
+            session["id"],
+            message={"id": f"m{n}", "role": "user", "content": f"m{n}"},
+        )
+    await open_page(ui_page, f"/#/s/{session['id']}/chat")
+    messages = ui_page.locator(".chat-content")
+    await expect(messages).to_have_count(10)
+    await expect(messages.first).to_have_text("m20")
+    await ui_page.get_by_role("button", name="Load earlier messages").click()
+    await expect(messages).to_have_count(30)
+    assert await messages.all_inner_texts() == [f"m{n}" for n in range(30)]
+    await expect(ui_page.get_by_role("button", name="Load earlier messages")).to_be_hidden()
+    await assert_page_clean(ui_page, ui_problems)

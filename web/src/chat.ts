@@ -65,6 +65,7 @@ export class ChatLog {
   private readonly list: HTMLElement;
   private readonly totals: HTMLElement;
   private readonly empty: HTMLElement;
+  private readonly earlier: HTMLButtonElement;
   private items: Item[] = [];
   private seen = new Set<number>();
   private calls = new Map<string, CallView>();
@@ -77,8 +78,25 @@ export class ChatLog {
     this.list = h("ol", { class: "chat-list", role: "log", "aria-label": "Chat", "aria-live": "polite" });
     this.totals = h("p", { class: "chat-totals", "aria-live": "off" });
     this.empty = h("p", { class: "chat-empty" }, "No messages yet. The agent's conversation appears here as it happens.");
-    this.element = h("div", { class: "chat-log" }, this.totals, this.empty, this.list);
+    this.earlier = h("button", { type: "button", class: "button plain small earlier", hidden: true }, "Load earlier messages");
+    this.element = h("div", { class: "chat-log" }, this.totals, this.earlier, this.empty, this.list);
     this.renderTotals();
+  }
+
+  /** Offer the part of a long chat that the session's history left out. */
+  offerEarlier(load: () => Promise<boolean>): void {
+    const button = this.earlier;
+    button.hidden = false;
+    button.onclick = async () => {
+      button.disabled = true;
+      button.textContent = "Loading…";
+      try {
+        if (await load()) button.hidden = true;
+      } finally {
+        button.disabled = false;
+        button.textContent = "Load earlier messages";
+      }
+    };
   }
 
   get scroller(): HTMLElement {
@@ -94,6 +112,7 @@ export class ChatLog {
     this.tokensOut = 0;
     this.list.replaceChildren();
     this.empty.hidden = false;
+    this.earlier.hidden = true;
     this.renderTotals();
   }
 

@@ -445,10 +445,40 @@ export class SessionView {
       const more = await api.get<{ messages: ServerEvent[] }>(`${base}/messages?after=${last}&limit=1000`);
       for (const event of more.messages) this.chat.add(event);
       this.chat.scrollToEnd();
+      // The history is the newest part of a long chat: offer what came before it.
+      const first = history[0]?.seq;
+      if (first !== undefined && first > 1) {
+        const probe = await api.get<{ messages: ServerEvent[] }>(`${base}/messages?after=0&limit=1`);
+        const oldest = probe.messages[0]?.seq;
+        if (oldest !== undefined && oldest < first && !this.disposed) {
+          this.chat.offerEarlier(() => this.loadEarlier(base, first));
+        }
+      }
     } catch (error) {
       if (this.disposed) return;
       showError(error, "Loading the chat");
     }
+  }
+
+  /** Page through the stored chat from the start up to ``before`` (errors shown). */
+  private async loadEarlier(base: string, before: number): Promise<boolean> {
+    let after = 0;
+    try {
+      while (after < before && !this.disposed) {
+        const page = await api.get<{ messages: ServerEvent[]; next_after: number }>(
+          `${base}/messages?after=${after}&limit=1000`,
+        );
+        for (const event of page.messages) {
+          if ((event.seq ?? 0) < before) this.chat.add(event);
+        }
+        if (page.messages.length === 0 || page.next_after <= after) break;
+        after = page.next_after;
+      }
+    } catch (error) {
+      showError(error, "Loading earlier messages");
+      return false;
+    }
+    return true;
   }
 
   private onEvent(event: ServerEvent): void {

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
 import time
 from typing import Any
 
@@ -62,8 +63,8 @@ async def run_step(server: ServerProcess, rate: float, count: int) -> dict[str, 
         )
         await asyncio.wait([sub.done for sub in subs], timeout=DRAIN_SECONDS)
         wall = time.perf_counter() - wall0
-        server_cpu = (server.cpu() - server_cpu0) / wall
-        client_cpu = (time.process_time() - client_cpu0) / wall
+        server_cpu_s = server.cpu() - server_cpu0
+        client_cpu_s = time.process_time() - client_cpu0
     finally:
         for sub in subs:
             sub.close()
@@ -85,13 +86,16 @@ async def run_step(server: ServerProcess, rate: float, count: int) -> dict[str, 
         "max_ms": round(max(latencies, default=math.nan) * 1e3, 3),
         "latency_samples": len(latencies),
         "publish_s": round(reply["t_published"] - reply["t_first"], 3),
-        "server_cpu": round(server_cpu, 3),
-        "client_cpu": round(client_cpu, 3),
+        # Fractions of one core while the step ran, and CPU time per event, which moves
+        # less with what else the machine runs.
+        "server_cpu": round(server_cpu_s / wall, 3),
+        "client_cpu": round(client_cpu_s / wall, 3),
+        "server_cpu_us_per_event": round(server_cpu_s / count * 1e6, 1),
     }
     log.info("%-8s %7.0f/s offered  %7.0f/s delivered  %s  gaps %d  p50 %.2f ms  p99 %.2f ms"
              "  server cpu %3.0f%%  client cpu %3.0f%%", server.mode, rate, delivered,
              "complete" if complete else "INCOMPLETE", missed, step["p50_ms"], step["p99_ms"],
-             server_cpu * 100, client_cpu * 100)  # fmt: skip
+             step["server_cpu"] * 100, step["client_cpu"] * 100)  # fmt: skip
     await asyncio.sleep(0.2)  # let the closed sockets go before the next step
     return step
 
@@ -172,6 +176,8 @@ async def measure(servers: dict[str, ServerProcess], quick: bool) -> dict[str, A
             baseline_max=max(step["max_ms"] for step in latency["baseline"]),
             latency_samples=sum(step["latency_samples"] for step in latency["corral"]),
             server_cpu=cpu("corral"), baseline_server_cpu=cpu("baseline"),
+            server_cpu_us_per_event=round(med("corral", "server_cpu_us_per_event"), 1),
+            baseline_server_cpu_us_per_event=round(med("baseline", "server_cpu_us_per_event"), 1),
             rounds_p99_ms=[step["p99_ms"] for step in latency["corral"]],
             baseline_rounds_p99_ms=[step["p99_ms"] for step in latency["baseline"]],
         ),
@@ -196,6 +202,7 @@ async def measure(servers: dict[str, ServerProcess], quick: bool) -> dict[str, A
 
 def main() -> None:
     args = setup(__doc__ or "")
+    load_before = os.getloadavg()[0]  # the machine's own load, to read the figures by
     with workdir("corral-bench-events-") as root:
         servers = {
             "corral": ServerProcess("corral", root / "data"),
@@ -209,7 +216,7 @@ def main() -> None:
             for server in servers.values():
                 server.stop()
     emit("events_fanout", args.quick, metrics, subscribers=SUBSCRIBERS, rate=RATE,
-         content_chars=PAD)  # fmt: skip
+         content_chars=PAD, loadavg=[load_before, os.getloadavg()[0]])  # fmt: skip
 
 
 if __name__ == "__main__":

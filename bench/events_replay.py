@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ async def measure(server: ServerProcess, db_path: Path, count: int, pairs: int) 
 
 def main() -> None:
     args = setup(__doc__ or "")
+    load_before = os.getloadavg()[0]  # the machine's own load, to read the figures by
     count = 2_000 if args.quick else EVENTS
     pairs = 2 if args.quick else 7
     with workdir("corral-bench-replay-") as root:
@@ -110,7 +112,8 @@ def main() -> None:
             metrics = asyncio.run(measure(server, root / "data" / "corral.db", count, pairs))
         finally:
             server.stop()
-    emit("events_replay", args.quick, metrics, events=count, content_chars=PAD)
+    emit("events_replay", args.quick, metrics, events=count, content_chars=PAD,
+         loadavg=[load_before, os.getloadavg()[0]])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import aiosqlite
 import structlog
 from pydantic import BaseModel, Field
 
+from daemon import faults
 from daemon.models import AgentState, Progress, Repository, SessionStatus
 
 log = structlog.get_logger(__name__)
@@ -214,6 +215,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._operation_kinds: dict[int, str] = {}  # open operations, for the fault hook
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -427,6 +429,8 @@ class Store:
             await self.db.rollback()
             raise StoreError(f"the store could not be written: {exc}") from exc
         assert cur.lastrowid is not None
+        self._operation_kinds[cur.lastrowid] = kind
+        faults.journal_step(kind, step)
         return cur.lastrowid
 
     async def record_step(
@@ -443,6 +447,7 @@ class Store:
                  [_to_column(n, getattr(record, n)) for n in names] + [record.id]),
             ]
         )  # fmt: skip
+        faults.journal_step(self._operation_kinds.get(op_id, "?"), step)
 
     async def operation_step(self, op_id: int, step: str) -> None:
         await self._write(
@@ -451,6 +456,9 @@ class Store:
         )  # fmt: skip
 
     async def end_operation(self, op_id: int, state: str, error: str | None = None) -> None:
+        kind = self._operation_kinds.pop(op_id, "?")
+        if state == "done":
+            faults.journal_step(kind, "end")
         await self._write(
             [("UPDATE operations SET state = ?, error = ?, updated_at = ? WHERE id = ?",
               [state, error, _ts(utcnow()), op_id])]

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -62,7 +63,7 @@ from daemon.models import (
 )
 from daemon.names import generate_name
 from daemon.settings import Settings
-from daemon.store import SessionRecord, Store, utcnow
+from daemon.store import SessionRecord, Store, StoreError, utcnow
 from daemon.tasks import TaskSupervisor
 
 log = structlog.get_logger(__name__)
@@ -199,8 +200,18 @@ class SessionManager:
         return found
 
     async def save(self, record: SessionRecord, *fields: str) -> None:
+        written = (*fields, "updated_at")
         record.updated_at = utcnow()
-        await self.store.update_session(record, (*fields, "updated_at"))
+        try:
+            await self.store.update_session(record, written)
+        except StoreError:
+            # The write did not happen (a full disk, say): put back what the store holds, so
+            # what the API shows never runs ahead of what a restart would find.
+            with contextlib.suppress(StoreError, sqlite3.Error):
+                for name, value in (await self.store.stored_fields(record.id, written)).items():
+                    setattr(record, name, value)
+            self.version += 1
+            raise
         self.version += 1
 
     async def publish_status(self, record: SessionRecord) -> None:

@@ -20,6 +20,7 @@ import structlog
 from pydantic import BaseModel, Field
 
 from daemon import faults
+from daemon.errors import InternalError
 from daemon.models import AgentState, Progress, Repository, SessionStatus
 
 log = structlog.get_logger(__name__)
@@ -207,8 +208,25 @@ _EVENT_INSERT = "INSERT INTO events (session_id, seq, type, payload, timestamp) 
 _EVENT_ROWS_PER_INSERT = 1000  # at most; five parameters a row, within SQLite's own limit
 
 
-class StoreError(Exception):
-    """The store could not be written (disk full, read-only file, corruption)."""
+def _session_data(row: sqlite3.Row) -> dict[str, Any]:
+    """A sessions row as SessionRecord fields (its repositories apart)."""
+    data = {c: row[c] for c in _SESSION_COLUMNS}
+    for c in _JSON_COLUMNS:
+        data[c] = json.loads(data[c])
+    for c in _TIME_COLUMNS:
+        data[c] = _parse_ts(data[c])
+    data["progress"] = json.loads(data["progress"]) if data["progress"] else None
+    data["archived"] = bool(data["archived"])
+    data["no_plan_mode"] = bool(data["no_plan_mode"])
+    return data
+
+
+class StoreError(InternalError):
+    """The store could not be written (disk full, read-only file, corruption).
+
+    An API error of its own (500, its message saying what SQLite said), so a request whose
+    write failed tells the client why rather than "internal error".
+    """
 
 
 class Store:
@@ -347,16 +365,18 @@ class Store:
         records = []
         async with self.db.execute("SELECT * FROM sessions ORDER BY created_at") as cur:
             async for row in cur:
-                data = {c: row[c] for c in _SESSION_COLUMNS}
-                for c in _JSON_COLUMNS:
-                    data[c] = json.loads(data[c])
-                for c in _TIME_COLUMNS:
-                    data[c] = _parse_ts(data[c])
-                data["progress"] = json.loads(data["progress"]) if data["progress"] else None
-                data["archived"] = bool(data["archived"])
-                data["no_plan_mode"] = bool(data["no_plan_mode"])
+                data = _session_data(row)
                 records.append(SessionRecord(**data, repositories=repos.get(row["id"], [])))
         return records
+
+    async def stored_fields(self, session_id: str, fields: Iterable[str]) -> dict[str, Any]:
+        """What the store holds for these fields of a session (after a failed write)."""
+        async with self.db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return {}
+        data = _session_data(row)
+        return {f: data[f] for f in fields if f in data}
 
     # agent cursors
 

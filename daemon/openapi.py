@@ -89,7 +89,14 @@ def _operation(spec: RouteSpec, components: dict[str, Any]) -> dict[str, Any]:
         success["content"] = {"application/json": {"schema": {"type": "object"}}}
     operation["responses"][str(spec.status)] = success
     error_ref = _schema(ErrorBody, components)
-    for status in sorted({*spec.errors, 500}):
+    statuses = {*spec.errors, 500}
+    if spec.body is not None or spec.multipart:
+        statuses.add(413)  # any body over its limit (server.max_json_bytes, uploads.max_bytes)
+    if not spec.public:
+        # With auth on, every route but the public ones needs a cookie or a bearer token.
+        operation["security"] = [{"session_cookie": []}, {"api_token": []}]
+        statuses.add(401)
+    for status in sorted(statuses):
         operation["responses"][str(status)] = {
             "description": _ERROR_TEXT.get(status, "Error"),
             "content": {"application/json": {"schema": error_ref}},
@@ -109,10 +116,26 @@ def _document(specs: tuple[RouteSpec, ...]) -> dict[str, Any]:
             "title": "corral",
             "version": __version__,
             "description": "Run AI coding agents in isolated containers on git worktrees. "
-            'Errors are always {"error": {"code", "message", "details"}}.',
+            'Errors are always {"error": {"code", "message", "details"}}. Security applies '
+            'only when the daemon runs with auth.mode = "webauthn".',
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "session_cookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "corral_session",
+                    "description": "Set by /api/auth/login/complete (passkey sign-in).",
+                },
+                "api_token": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token from POST /api/auth/tokens.",
+                },
+            },
+        },
     }
 
 

@@ -532,6 +532,11 @@ async def test_every_route_refuses_a_stranger(client: Any) -> None:
     assert seen >= PUBLIC
     # A path no route matches says nothing about what exists.
     await error_of(await client.get("/api/nothing-here"), 401, "UNAUTHORIZED")
+    # Another method on a public path is its 405; on any other path, 401.
+    wrong = await client.request("TRACE", "/health")
+    await error_of(wrong, 405, "METHOD_NOT_ALLOWED")
+    assert wrong.headers["Allow"] == "GET"
+    await error_of(await client.request("TRACE", "/api/sessions"), 401, "UNAUTHORIZED")
 
 
 async def test_a_browser_is_sent_to_the_login_page(client: Any) -> None:

@@ -36,7 +36,11 @@ def public_routes(specs: Iterable[RouteSpec]) -> frozenset[tuple[str, str]]:
 def _is_public(request: web.Request, public: frozenset[tuple[str, str]]) -> bool:
     resource = request.match_info.route.resource
     if resource is None:
-        return False  # no route matched: a stranger learns nothing about what exists
+        # A public path asked with another method gets its 405 (it exists for anyone);
+        # no route matched at all: a stranger learns nothing about what exists.
+        return isinstance(request.match_info.http_exception, web.HTTPMethodNotAllowed) and any(
+            path == request.path for _, path in public
+        )
     method = "GET" if request.method == "HEAD" else request.method
     return (method, resource.canonical) in public
 

@@ -620,3 +620,23 @@ async def test_corral_attach_signs_in_with_corral_token(
     async with attached(url_of(client, UNKNOWN)) as viewer:
         outcome = await viewer.outcome()
     assert (outcome.status, outcome.message) == (2, "session not found")  # past the auth
+
+
+def test_protocol_security_routes_are_served() -> None:
+    """PROTOCOL lists the auth routes in prose (its Security section), not the table."""
+    from daemon.routes import ROUTES
+
+    protocol = Path(__file__).resolve().parent.parent.parent / "shared" / "PROTOCOL.md"
+    if not protocol.exists():
+        pytest.skip("shared/PROTOCOL.md is not beside this checkout")
+    section = protocol.read_text().split("## Security", 1)[1]
+    served = {(s.method, s.path.replace("{token_id}", "{id}")) for s in ROUTES.specs}
+    served_paths = {path for _, path in served}
+    found = re.findall(r"`(?:([A-Z|]+) )?(/api/auth/[^`]+)`", section)
+    assert len(found) >= 5
+    for methods, written in found:
+        head, _, tail = written.rpartition("/")
+        for path in (f"{head}/{leaf}" for leaf in tail.split("|")):
+            assert path in served_paths, path
+            for method in filter(None, methods.split("|")):
+                assert (method, path) in served, (method, path)

@@ -485,8 +485,17 @@ async def test_real_claude_code_chat_streams_into_the_page(
         )
         await wait_for_terminal_text(page, "proceed", timeout=30)
         await shot(page, "claude-terminal")
-        await page.locator(".term-host .xterm-helper-textarea").focus()
-        await page.keyboard.press("Enter")
+        # Enter until the approval is taken: a key that lands while the TUI is still
+        # drawing its prompt (on a loaded machine) may be dropped by it.
+        badge = header.locator("[data-agent-state]")
+        for _ in range(4):
+            await page.locator(".term-host .xterm-helper-textarea").focus()
+            await page.keyboard.press("Enter")
+            try:
+                await expect(badge).not_to_have_text("agent: waiting approval", timeout=15_000)
+                break
+            except AssertionError:
+                continue
 
         # The chat: the prompt, the tool call with its input and output, the answer.
         await page.keyboard.press("Alt+1")

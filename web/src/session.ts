@@ -123,7 +123,7 @@ export class SessionView {
     this.termStatus = h("span", { class: "term-status", role: "status" });
     const reconnect = h("button", { type: "button", class: "button plain small" }, "Reconnect");
     reconnect.addEventListener("click", () => this.terminal?.reconnect());
-    this.termHost = h("div", { class: "term-host", "aria-label": "Terminal" });
+    this.termHost = h("div", { class: "term-host", role: "region", "aria-label": "Terminal" });
     this.panels.get("terminal")?.append(
       h("div", { class: "term-bar" }, this.termStatus, reconnect,
         h("small", { class: "hint" }, "Alt+1/2/3 switch tabs from inside the terminal")),  // prettier-ignore

@@ -74,9 +74,13 @@ class Connection:
         self._wakeup.set()
 
     def send_json(self, message: dict[str, Any]) -> None:
+        if not self._closing:
+            self.send_text(json.dumps(message))
+
+    def send_text(self, text: str) -> None:
+        """A text frame already encoded (one event's JSON shared by every subscriber)."""
         if self._closing:
             return
-        text = json.dumps(message)
         self._queue.append(text)
         self.queued_bytes += len(text)
         self._check_peak()

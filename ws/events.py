@@ -32,6 +32,22 @@ MAX_CLIENT_FRAME = 64 * 1024
 REPLAY_PAGE = 1000
 
 
+_last_encoded: tuple[Event | None, str] = (None, "")
+
+
+def _encoded(event: Event) -> str:
+    """The event's JSON, encoded once however many sockets it goes to.
+
+    The hub hands one event object to every subscriber in turn, so remembering the last one
+    spares all but the first ``json.dumps``. The object itself is kept (not its ``id``), so
+    a later event can never be mistaken for it.
+    """
+    global _last_encoded
+    if _last_encoded[0] is not event:
+        _last_encoded = (event, json.dumps(event))
+    return _last_encoded[1]
+
+
 class EventClient:
     """One socket's subscriptions and the last seq it was sent for each session."""
 
@@ -56,7 +72,7 @@ class EventClient:
         if event["seq"] <= self.sent.get(session_id, 0):
             return  # already sent by a replay
         self.sent[session_id] = event["seq"]
-        self.connection.send_json(event)
+        self.connection.send_text(_encoded(event))
 
     def error(self, code: str, message: str, **details: Any) -> None:
         payload: dict[str, Any] = {"type": "error", "code": code, "message": message}

@@ -226,6 +226,8 @@ async def _changed_size(ui_page: Page, before: tuple[int, int]) -> tuple[int, in
 async def test_killed_container_shows_health_and_recreate_brings_it_back(
     ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
 ) -> None:
+    # A neighbour that stays well, so the list shows both states side by side.
+    await create_running(ui_server.client, git_repo, backend="local", name="a-healthy-neighbour")
     session = await create_running(ui_server.client, git_repo)
     await open_page(ui_page, f"/#/s/{session['id']}/health")
     await expect(ui_page.locator(".health-state [data-health]")).to_have_text("health: healthy")

@@ -158,7 +158,7 @@ function renderItem(session: Session): HTMLLIElement {
       statusBadge(session.status),
       session.archived ? h("span", { class: "badge tone-muted" }, "archived") : null,
       session.health !== "healthy" ? healthBadge(session.health) : null,
-      session.status === "running" ? agentBadge(session.agent_state) : null,
+      session.status === "running" && session.agent_state !== "unknown" ? agentBadge(session.agent_state) : null,
     ),  // prettier-ignore
     h("span", { class: "session-branch" }, session.branch_name),
     h("span", { class: "session-repos" }, session.repositories.map((r) => r.path.split("/").pop() ?? r.path).join(", "),

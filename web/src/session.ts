@@ -260,7 +260,7 @@ export class SessionView {
         statusBadge(session.status),
         session.archived ? h("span", { class: "badge tone-muted" }, "archived") : null,
         session.health !== "healthy" ? healthBadge(session.health) : null,
-        agentBadge(session.agent_state),
+        session.agent_state !== "unknown" ? agentBadge(session.agent_state) : null,
       ),
       h(
         "dl",

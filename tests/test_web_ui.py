@@ -428,6 +428,20 @@ async def test_phone_layout_and_keyboard_shortcuts(
     await ui_page.keyboard.press("Escape")
     await expect(ui_page.get_by_role("dialog")).to_have_count(0)
 
+    # Archive hides the session from the list (unless asked); unarchive brings it back.
+    await ui_page.keyboard.press("c")
+    header = ui_page.locator(".session-header")
+    await ui_page.locator(".action-bar [data-action=archive]").click()
+    await expect(header).to_contain_text("archived")
+    await expect(ui_page.locator(".session-item")).to_have_count(1)
+    await ui_page.get_by_label("Show archived").check()
+    await expect(ui_page.locator(".session-item")).to_have_count(2)
+    await ui_page.locator(".action-bar [data-action=unarchive]").click()
+    await expect(header.locator("[data-status]")).to_have_text("running", timeout=20_000)
+    await expect(ui_page.locator(".action-bar [data-action=archive]")).to_be_visible()
+    await ui_page.get_by_label("Show archived").uncheck()
+    await expect(ui_page.locator(".session-item")).to_have_count(2)
+
     # A phone: the list alone, then the session alone with a way back.
     await ui_page.set_viewport_size(ui_helpers.PHONE)
     await ui_page.goto("/#/")

@@ -178,7 +178,7 @@ async function deleteSession(session: Session, base: string): Promise<Session | 
         h("p", { class: "warning" }, error.message),
         work,
         h("p", null, "Deleting anyway loses the uncommitted changes. Commits stay on the branch " +
-          `${session.branch_name}, which is never deleted.`),  // prettier-ignore
+          `${session.branch_name}, which is never deleted.`),
       ],
       [
         { label: "Keep the session", value: false, autofocus: true },

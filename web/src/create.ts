@@ -129,7 +129,7 @@ export function createView(ctx: CreateContext): HTMLElement {
       h("div", { class: "field-row" },
         h("div", { class: "field" }, h("label", { for: mountId }, "Mount name"), mount),
         h("div", { class: "field" }, h("label", { for: baseId }, "Base branch"), base),
-      ),  // prettier-ignore
+      ),
       remove,
     );
     const row: RepoRow = { element, path, mount, base, mountEdited: false };
@@ -229,7 +229,7 @@ export function createView(ctx: CreateContext): HTMLElement {
       h("div", { class: "field" },
         h("label", { for: nameId }, "Session name"), name,
         h("small", { id: `${nameId}-hint`, class: "hint" }, "Lower case letters, digits, - and _"),
-      ),  // prettier-ignore
+      ),
     ),
     h(
       "div",

@@ -71,7 +71,7 @@ const sidebar = h(
   h("div", { class: "sidebar-tools" },
     h("label", { for: "session-filter", class: "visually-hidden" }, "Filter sessions"), filter,
     h("div", { class: "field checkbox" }, showArchived, h("label", { for: "show-archived" }, "Show archived")),
-  ),  // prettier-ignore
+  ),
   listCount,
   list,
 );
@@ -130,7 +130,7 @@ const items = new Map<string, HTMLLIElement>();
 function matches(session: Session, text: string): boolean {
   if (!text) return true;
   const haystack = [session.name, session.branch_name, session.description, ...session.tags,
-    ...session.repositories.map((r) => r.path)].join(" ").toLowerCase();  // prettier-ignore
+    ...session.repositories.map((r) => r.path)].join(" ").toLowerCase();
   return text.toLowerCase().split(/\s+/).every((word) => haystack.includes(word));
 }
 
@@ -159,10 +159,10 @@ function renderItem(session: Session): HTMLLIElement {
       session.archived ? h("span", { class: "badge tone-muted" }, "archived") : null,
       session.health !== "healthy" ? healthBadge(session.health) : null,
       session.status === "running" && session.agent_state !== "unknown" ? agentBadge(session.agent_state) : null,
-    ),  // prettier-ignore
+    ),
     h("span", { class: "session-branch" }, session.branch_name),
     h("span", { class: "session-repos" }, session.repositories.map((r) => r.path.split("/").pop() ?? r.path).join(", "),
-      ` · ${relativeTime(session.created_at)}`),  // prettier-ignore
+      ` · ${relativeTime(session.created_at)}`),
     progressBar(session.progress),
   );
   const selected = current?.sessionId === session.id;
@@ -229,7 +229,7 @@ function refetchSoon(id: string): void {
     } catch {
       // Gone meanwhile: the session_deleted event (or the next list load) says so.
     }
-  }, 200));  // prettier-ignore
+  }, 200));
 }
 
 function onEvent(event: ServerEvent): void {
@@ -317,7 +317,7 @@ function route(): void {
         h("h2", null, "Sessions"),
         h("p", null, "Pick a session from the list, or ", h("a", { href: "#/new" }, "create a new one"), "."),
         h("p", { class: "hint" }, "Press ? for keyboard shortcuts."),
-      ),  // prettier-ignore
+      ),
     );
     document.title = "corral";
   }

@@ -103,7 +103,7 @@ export class SessionView {
       this.messageBox,
       h("div", { class: "composer-buttons" },
         h("label", { for: attachId, class: "button plain", title: "Upload files into the working directory" }, "Attach"),
-        attach, this.sendButton),  // prettier-ignore
+        attach, this.sendButton),
       this.chatNote,
     );
     this.composer.addEventListener("submit", (event) => {
@@ -126,7 +126,7 @@ export class SessionView {
     this.termHost = h("div", { class: "term-host", role: "region", "aria-label": "Terminal" });
     this.panels.get("terminal")?.append(
       h("div", { class: "term-bar" }, this.termStatus, reconnect,
-        h("small", { class: "hint" }, "Alt+1/2/3 switch tabs from inside the terminal")),  // prettier-ignore
+        h("small", { class: "hint" }, "Alt+1/2/3 switch tabs from inside the terminal")),
       this.termHost,
     );
 
@@ -147,7 +147,7 @@ export class SessionView {
 
     this.unsubscribers.push(ctx.store.subscribe((changed) => {
       if (changed === null || changed === this.sessionId) this.sessionChanged();
-    }));  // prettier-ignore
+    }));
     this.unsubscribers.push(ctx.events.onEvent((event) => this.onEvent(event)));
     this.sessionChanged();
     void this.loadChat();
@@ -212,7 +212,7 @@ export class SessionView {
     if (!session) {
       if (this.ctx.store.loaded) {
         replace(this.header, h("h2", { id: "session-title" }, "Session not found"),
-          h("p", null, "It may have been deleted. ", h("a", { href: "#/" }, "Back to the sessions")));  // prettier-ignore
+          h("p", null, "It may have been deleted. ", h("a", { href: "#/" }, "Back to the sessions")));
         this.actionBar.replaceChildren();
         this.terminal?.park("The session is gone");
       }
@@ -387,14 +387,14 @@ export class SessionView {
       h("p", { class: "health-state" }, healthBadge(report.health)),
       report.recommended_action
         ? h("p", { class: "recommended" }, "Recommended: ", h("strong", null, ACTIONS[report.recommended_action].label),
-            ` (${ACTIONS[report.recommended_action].description})`)  // prettier-ignore
+            ` (${ACTIONS[report.recommended_action].description})`)
         : null,
       details.length
         ? h("section", null, h("h3", null, "Details"),
             h("dl", { class: "facts" }, details.flatMap(([key, value]) => [
               h("dt", null, label(key)),
               h("dd", null, typeof value === "object" ? JSON.stringify(value) : String(value)),
-            ])))  // prettier-ignore
+            ])))
         : null,
       rec.attempts || rec.last_error || rec.next_attempt
         ? h("section", null, h("h3", null, "Automatic recovery"),
@@ -403,7 +403,7 @@ export class SessionView {
               rec.last_attempt ? [h("dt", null, "Last attempt"), h("dd", null, relativeTime(rec.last_attempt))] : null,
               rec.last_error ? [h("dt", null, "Last error"), h("dd", null, rec.last_error)] : null,
               rec.next_attempt ? [h("dt", null, "Next attempt"), h("dd", null, new Date(rec.next_attempt).toLocaleTimeString())] : null,
-            ))  // prettier-ignore
+            ))
         : null,
       h("section", null, h("h3", null, "What you can do"),
         offered.length === 0
@@ -423,7 +423,7 @@ export class SessionView {
                     report.recommended_action === action ? h("strong", null, " Recommended.") : null),
                   h("p", { class: keeps === false ? "keeps loses" : "keeps" }, keeps === false ? "⚠ " : "✓ ", keepsText(keeps)),
                 ));
-            }))),  // prettier-ignore
+            }))),
     );
   }
 

@@ -22,7 +22,7 @@ export function tokensView(): HTMLElement {
   const secretBox = h("div", { class: "secret-box", role: "status", hidden: true });
   const table = h("div", { class: "token-table" });
   const form = h("form", { class: "token-form" },
-    h("div", { class: "field" }, h("label", { for: nameId }, "New token's name"), name), create);  // prettier-ignore
+    h("div", { class: "field" }, h("label", { for: nameId }, "New token's name"), name), create);
 
   async function load(): Promise<void> {
     try {
@@ -40,7 +40,7 @@ export function tokensView(): HTMLElement {
                 revoke.addEventListener("click", () => void remove(token));
                 return h("tr", { "data-token-id": token.id }, h("td", null, token.name), h("td", null, h("code", null, token.hint.endsWith("…") ? token.hint : `${token.hint}…`)),
                   h("td", null, relativeTime(token.created_at)), h("td", null, token.last_used_at ? relativeTime(token.last_used_at) : "never"), h("td", null, revoke));
-              }))),  // prettier-ignore
+              }))),
       );
     } catch (error) {
       replace(table, h("p", { class: "error-box", role: "alert" }, `Could not list tokens: ${String((error as Error).message)}`));
@@ -76,7 +76,7 @@ export function tokensView(): HTMLElement {
       replace(secretBox,
         h("p", null, h("strong", null, `Token “${answer.token.name}” created. `), "Copy it now: it is not shown again."),
         h("div", { class: "inline" }, h("input", { id: secretId, type: "text", readonly: true, value: answer.secret, "aria-label": "Token secret", class: "secret" }), copy),
-        h("p", { class: "hint" }, "Use it as: Authorization: Bearer <token>"));  // prettier-ignore
+        h("p", { class: "hint" }, "Use it as: Authorization: Bearer <token>"));
       secretBox.hidden = false;
       name.value = "";
       await load();
@@ -91,5 +91,5 @@ export function tokensView(): HTMLElement {
   void load();
   return h("div", { class: "view tokens-view" }, h("h2", null, "API tokens"),
     h("p", { class: "muted" }, "Tokens let scripts and the command line use the API as you."),
-    form, secretBox, table);  // prettier-ignore
+    form, secretBox, table);
 }

@@ -144,7 +144,7 @@ export function label(value: string): string {
 
 export function statusBadge(status: SessionStatus): HTMLElement {
   return h("span", { class: `badge tone-${STATUS_TONE[status] ?? "muted"}`, "data-status": status },
-    label(status));  // prettier-ignore
+    label(status));
 }
 
 export function healthBadge(health: HealthState): HTMLElement {

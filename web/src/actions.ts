@@ -93,6 +93,12 @@ export const ACTION_ORDER: Action[] = [
   "delete",
 ];
 
+/** A button's look: the recommended action stands out, one that loses work is red. */
+export function actionClass(action: Action, recommended: boolean, keeps: boolean | undefined) {
+  if (recommended) return "button primary";
+  return action === "delete" || keeps === false ? "button danger-outline" : "button plain";
+}
+
 export function keepsText(keeps: boolean | undefined): string {
   if (keeps === true) return "Keeps the worktree's files and the conversation.";
   if (keeps === false) return "Loses the worktree's uncommitted files and the conversation.";
@@ -145,7 +151,10 @@ export async function runAction(
   if (keeps === false || action === "cleanup") {
     const ok = await confirmDialog(
       `${info.label} “${session.name}”?`,
-      [h("p", null, info.description), h("p", { class: "warning" }, keepsText(keeps) || "This cannot be undone.")],
+      [
+        h("p", null, info.description),
+        h("p", { class: "warning" }, keepsText(keeps) || "This cannot be undone."),
+      ],
       info.label,
       true,
     );
@@ -177,8 +186,12 @@ async function deleteSession(session: Session, base: string): Promise<Session | 
       [
         h("p", { class: "warning" }, error.message),
         work,
-        h("p", null, "Deleting anyway loses the uncommitted changes. Commits stay on the branch " +
-          `${session.branch_name}, which is never deleted.`),
+        h(
+          "p",
+          null,
+          "Deleting anyway loses the uncommitted changes. Commits stay on the branch " +
+            `${session.branch_name}, which is never deleted.`,
+        ),
       ],
       [
         { label: "Keep the session", value: false, autofocus: true },

@@ -54,7 +54,10 @@ export async function request<T>(method: string, path: string, body?: Body): Pro
     if (error?.message) {
       throw new ApiError(response.status, error.code ?? "ERROR", error.message, error.details);
     }
-    const snippet = text.replace(/<[^>]*>/g, " ").trim().slice(0, 200);
+    const snippet = text
+      .replace(/<[^>]*>/g, " ")
+      .trim()
+      .slice(0, 200);
     throw new ApiError(
       response.status,
       `HTTP_${response.status}`,

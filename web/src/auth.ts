@@ -22,7 +22,13 @@ export interface AuthInfo {
   user: string | null;
 }
 
-const NO_AUTH: AuthInfo = { available: false, enabled: false, signedIn: true, viaCookie: false, user: null };
+const NO_AUTH: AuthInfo = {
+  available: false,
+  enabled: false,
+  signedIn: true,
+  viaCookie: false,
+  user: null,
+};
 
 interface StatusBody {
   mode?: string;

@@ -75,11 +75,31 @@ export class ChatLog {
   private tokensOut = 0;
 
   constructor() {
-    this.list = h("ol", { class: "chat-list", role: "log", "aria-label": "Chat", "aria-live": "polite" });
+    this.list = h("ol", {
+      class: "chat-list",
+      role: "log",
+      "aria-label": "Chat",
+      "aria-live": "polite",
+    });
     this.totals = h("p", { class: "chat-totals", "aria-live": "off" });
-    this.empty = h("p", { class: "chat-empty" }, "No messages yet. The agent's conversation appears here as it happens.");
-    this.earlier = h("button", { type: "button", class: "button plain small earlier", hidden: true }, "Load earlier messages");
-    this.element = h("div", { class: "chat-log" }, this.totals, this.earlier, this.empty, this.list);
+    this.empty = h(
+      "p",
+      { class: "chat-empty" },
+      "No messages yet. The agent's conversation appears here as it happens.",
+    );
+    this.earlier = h(
+      "button",
+      { type: "button", class: "button plain small earlier", hidden: true },
+      "Load earlier messages",
+    );
+    this.element = h(
+      "div",
+      { class: "chat-log" },
+      this.totals,
+      this.earlier,
+      this.empty,
+      this.list,
+    );
     this.renderTotals();
   }
 
@@ -172,7 +192,11 @@ export class ChatLog {
   }
 
   private call(call: ToolCall, timestamp: string | undefined): HTMLElement {
-    const output = h("div", { class: "tool-output pending" }, h("p", { class: "muted" }, "Running…"));
+    const output = h(
+      "div",
+      { class: "tool-output pending" },
+      h("p", { class: "muted" }, "Running…"),
+    );
     const summary = callSummary(call.input);
     const details = h(
       "details",
@@ -185,7 +209,12 @@ export class ChatLog {
         h("span", { class: "tool-state", "aria-label": "running" }, "…"),
         clock(timestamp),
       ),
-      h("div", { class: "tool-section" }, h("h4", null, "Input"), h("pre", { class: "tool-input" }, pretty(call.input))),
+      h(
+        "div",
+        { class: "tool-section" },
+        h("h4", null, "Input"),
+        h("pre", { class: "tool-input" }, pretty(call.input)),
+      ),
       h("div", { class: "tool-section" }, h("h4", null, "Output"), output),
     );
     this.calls.set(call.id, { element: details, output });
@@ -209,7 +238,14 @@ export class ChatLog {
 
   private fill(view: CallView, result: ToolResult): void {
     view.output.classList.remove("pending");
-    replace(view.output, h("pre", { class: result.is_error ? "tool-result error" : "tool-result" }, result.output || "(no output)"));
+    replace(
+      view.output,
+      h(
+        "pre",
+        { class: result.is_error ? "tool-result error" : "tool-result" },
+        result.output || "(no output)",
+      ),
+    );
     const state = view.element.querySelector(".tool-state");
     if (state) {
       state.textContent = result.is_error ? "failed" : "done";

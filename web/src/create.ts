@@ -26,7 +26,10 @@ interface RepoRow {
 
 function mountNameFor(path: string): string {
   const base = path.replace(/\/+$/, "").split("/").pop() ?? "";
-  const slug = base.toLowerCase().replace(/[^a-z0-9_-]+/g, "-").replace(/^-+|-+$/g, "");
+  const slug = base
+    .toLowerCase()
+    .replace(/[^a-z0-9_-]+/g, "-")
+    .replace(/^-+|-+$/g, "");
   return slug.slice(0, 64) || "repo";
 }
 
@@ -68,13 +71,32 @@ export function createView(ctx: CreateContext): HTMLElement {
     h("option", { value: "codex" }, "Codex"),
   );
   const modelId = uid("model");
-  const model = h("input", { id: modelId, name: "model", type: "text", placeholder: "the agent's default", autocomplete: "off" });
+  const model = h("input", {
+    id: modelId,
+    name: "model",
+    type: "text",
+    placeholder: "the agent's default",
+    autocomplete: "off",
+  });
   const planId = uid("plan");
   const plan = h("input", { id: planId, name: "plan_mode", type: "checkbox", checked: true });
   const imageId = uid("image");
-  const image = h("input", { id: imageId, name: "image", type: "text", placeholder: "the configured default", autocomplete: "off" });
+  const image = h("input", {
+    id: imageId,
+    name: "image",
+    type: "text",
+    placeholder: "the configured default",
+    autocomplete: "off",
+  });
   const filesId = uid("files");
-  const files = h("input", { id: filesId, name: "files", type: "file", accept: "image/*", multiple: true, "aria-describedby": `${filesId}-hint` });
+  const files = h("input", {
+    id: filesId,
+    name: "files",
+    type: "file",
+    accept: "image/*",
+    multiple: true,
+    "aria-describedby": `${filesId}-hint`,
+  });
   const submit = h("button", { type: "submit", class: "button primary" }, "Create session");
 
   void ctx.defaultImage().then((tag) => {
@@ -96,7 +118,9 @@ export function createView(ctx: CreateContext): HTMLElement {
     });
     addRepo.disabled = rows.length >= MAX_REPOSITORIES;
     addRepo.textContent =
-      rows.length >= MAX_REPOSITORIES ? `At most ${MAX_REPOSITORIES} repositories` : "Add another repository";
+      rows.length >= MAX_REPOSITORIES
+        ? `At most ${MAX_REPOSITORIES} repositories`
+        : "Add another repository";
   }
 
   function addRow(): RepoRow {
@@ -112,8 +136,20 @@ export function createView(ctx: CreateContext): HTMLElement {
       spellcheck: "false",
       class: "repo-path",
     });
-    const mount = h("input", { id: mountId, type: "text", pattern: "[a-z0-9_-]{1,64}", autocomplete: "off", class: "mount-name" });
-    const base = h("input", { id: baseId, type: "text", placeholder: "current branch", autocomplete: "off", class: "base-branch" });
+    const mount = h("input", {
+      id: mountId,
+      type: "text",
+      pattern: "[a-z0-9_-]{1,64}",
+      autocomplete: "off",
+      class: "mount-name",
+    });
+    const base = h("input", {
+      id: baseId,
+      type: "text",
+      placeholder: "current branch",
+      autocomplete: "off",
+      class: "base-branch",
+    });
     const browse = h("button", { type: "button", class: "button plain browse" }, "Browse…");
     const remove = h("button", { type: "button", class: "button plain remove-repo" }, "Remove");
     const element = h(
@@ -126,7 +162,9 @@ export function createView(ctx: CreateContext): HTMLElement {
         h("label", { for: pathId }, "Folder (a git repository or a folder inside one)"),
         h("div", { class: "inline" }, path, browse),
       ),
-      h("div", { class: "field-row" },
+      h(
+        "div",
+        { class: "field-row" },
         h("div", { class: "field" }, h("label", { for: mountId }, "Mount name"), mount),
         h("div", { class: "field" }, h("label", { for: baseId }, "Base branch"), base),
       ),
@@ -191,7 +229,15 @@ export function createView(ctx: CreateContext): HTMLElement {
     const items: HTMLElement[] = [];
     if (error instanceof ApiError && Array.isArray(error.details)) {
       for (const detail of error.details as { field?: string; message?: string }[]) {
-        items.push(h("li", null, detail.field ? h("code", null, detail.field) : null, " ", detail.message ?? ""));
+        items.push(
+          h(
+            "li",
+            null,
+            detail.field ? h("code", null, detail.field) : null,
+            " ",
+            detail.message ?? "",
+          ),
+        );
       }
     }
     replace(
@@ -220,14 +266,21 @@ export function createView(ctx: CreateContext): HTMLElement {
       "div",
       { class: "field checkbox" },
       plan,
-      h("label", { for: planId }, "Start in plan mode (the agent proposes a plan before it changes files)"),
+      h(
+        "label",
+        { for: planId },
+        "Start in plan mode (the agent proposes a plan before it changes files)",
+      ),
     ),
     h(
       "div",
       { class: "field-row" },
       h("div", { class: "field" }, h("label", { for: imageId }, "Container image"), image),
-      h("div", { class: "field" },
-        h("label", { for: nameId }, "Session name"), name,
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: nameId }, "Session name"),
+        name,
         h("small", { id: `${nameId}-hint`, class: "hint" }, "Lower case letters, digits, - and _"),
       ),
     ),
@@ -313,8 +366,8 @@ export async function deliverAttachments(store: SessionStore, sessionId: string,
   const session = await new Promise<Session | null>((resolve) => {
     const check = () => {
       const s = store.get(sessionId);
-      if (!s || s.status === "failed" || s.status === "deleting") return resolve(s ?? null), true;
-      if (s.status === "running") return resolve(s), true;
+      if (!s || s.status === "failed" || s.status === "deleting") return (resolve(s ?? null), true);
+      if (s.status === "running") return (resolve(s), true);
       return false;
     };
     if (check()) return;
@@ -323,7 +376,9 @@ export async function deliverAttachments(store: SessionStore, sessionId: string,
     });
   });
   if (!session || session.status !== "running") {
-    showError(new Error(`the session did not start, so ${chosen.length} image(s) were not attached`));
+    showError(
+      new Error(`the session did not start, so ${chosen.length} image(s) were not attached`),
+    );
     return;
   }
   try {
@@ -343,22 +398,43 @@ export function browseDialog(start: string): Promise<string | null> {
   const titleId = uid("browse-title");
   const pathId = uid("browse-path");
   const hiddenId = uid("browse-hidden");
-  const pathInput = h("input", { id: pathId, type: "text", autocomplete: "off", spellcheck: "false" });
+  const pathInput = h("input", {
+    id: pathId,
+    type: "text",
+    autocomplete: "off",
+    spellcheck: "false",
+  });
   const go = h("button", { type: "submit", class: "button plain" }, "Go");
-  const up = h("button", { type: "button", class: "button plain", "aria-label": "Parent folder" }, "↑ Up");
+  const up = h(
+    "button",
+    { type: "button", class: "button plain", "aria-label": "Parent folder" },
+    "↑ Up",
+  );
   const hidden = h("input", { id: hiddenId, type: "checkbox" });
   const status = h("p", { class: "browse-status", role: "status" });
   const errorBox = h("p", { class: "form-errors", role: "alert", hidden: true });
   const list = h("ul", { class: "browse-list", "aria-label": "Folders" });
   const choose = h("button", { type: "button", class: "button primary" }, "Choose this folder");
   const cancel = h("button", { type: "button", class: "button plain" }, "Cancel");
-  const bar = h("form", { class: "browse-bar" }, h("label", { for: pathId, class: "visually-hidden" }, "Folder"), pathInput, go, up);
+  const bar = h(
+    "form",
+    { class: "browse-bar" },
+    h("label", { for: pathId, class: "visually-hidden" }, "Folder"),
+    pathInput,
+    go,
+    up,
+  );
   const element = h(
     "dialog",
     { class: "dialog browse-dialog", "aria-labelledby": titleId },
     h("h2", { id: titleId }, "Choose a repository"),
     bar,
-    h("div", { class: "field checkbox" }, hidden, h("label", { for: hiddenId }, "Show hidden folders")),
+    h(
+      "div",
+      { class: "field checkbox" },
+      hidden,
+      h("label", { for: hiddenId }, "Show hidden folders"),
+    ),
     errorBox,
     status,
     list,
@@ -371,7 +447,10 @@ export function browseDialog(start: string): Promise<string | null> {
     errorBox.hidden = true;
     status.textContent = "Loading…";
     try {
-      current = await api.post<BrowseResponse>("/api/browse-directory", { path, show_hidden: hidden.checked });
+      current = await api.post<BrowseResponse>("/api/browse-directory", {
+        path,
+        show_hidden: hidden.checked,
+      });
     } catch (error) {
       status.textContent = "";
       errorBox.textContent = errorMessage(error);
@@ -397,7 +476,11 @@ export function browseDialog(start: string): Promise<string | null> {
         );
         open.addEventListener("click", () => void load(entry.path));
         const pick = entry.is_git_repo
-          ? h("button", { type: "button", class: "button plain small", "aria-label": `Choose ${entry.name}` }, "Choose")
+          ? h(
+              "button",
+              { type: "button", class: "button plain small", "aria-label": `Choose ${entry.name}` },
+              "Choose",
+            )
           : null;
         pick?.addEventListener("click", () => {
           result = entry.path;
@@ -431,7 +514,9 @@ export function browseDialog(start: string): Promise<string | null> {
     });
     document.body.append(element);
     element.showModal();
-    const first = start.trim().startsWith("/") ? start.trim() : (localStorage.getItem(BROWSE_KEY) ?? "~");
+    const first = start.trim().startsWith("/")
+      ? start.trim()
+      : (localStorage.getItem(BROWSE_KEY) ?? "~");
     void load(first).then(() => {
       if (!current && first !== "~") void load("~");
     });

@@ -20,11 +20,26 @@ import { SessionView, type Tab, TABS } from "./session";
 import { SessionStore } from "./store";
 import { tokensView } from "./tokens";
 import type { ServerEvent, Session } from "./types";
-import { agentBadge, countdown, dialog, healthBadge, mountNotices, progressBar, showError, statusBadge } from "./ui";
+import {
+  agentBadge,
+  countdown,
+  dialog,
+  healthBadge,
+  mountNotices,
+  progressBar,
+  showError,
+  statusBadge,
+} from "./ui";
 
 const store = new SessionStore();
 const events = new EventsClient();
-let auth: AuthInfo = { available: false, enabled: false, signedIn: true, viaCookie: false, user: null };
+let auth: AuthInfo = {
+  available: false,
+  enabled: false,
+  signedIn: true,
+  viaCookie: false,
+  user: null,
+};
 let current: SessionView | null = null;
 let configCache: Promise<Record<string, unknown> | null> | null = null;
 
@@ -48,10 +63,27 @@ window.__corral = {
 // --- shell -----------------------------------------------------------------------------
 
 const connection = h("span", { class: "connection", role: "status", "aria-live": "polite" });
-const retry = h("button", { type: "button", class: "button plain small", hidden: true }, "Retry now");
+const retry = h(
+  "button",
+  { type: "button", class: "button plain small", hidden: true },
+  "Retry now",
+);
 retry.addEventListener("click", () => events.retryNow());
-const newButton = h("a", { href: "#/new", class: "button primary", "aria-keyshortcuts": "n" }, "New session");
-const helpButton = h("button", { type: "button", class: "button plain", "aria-keyshortcuts": "?", "aria-label": "Keyboard shortcuts" }, "?");
+const newButton = h(
+  "a",
+  { href: "#/new", class: "button primary", "aria-keyshortcuts": "n" },
+  "New session",
+);
+const helpButton = h(
+  "button",
+  {
+    type: "button",
+    class: "button plain",
+    "aria-keyshortcuts": "?",
+    "aria-label": "Keyboard shortcuts",
+  },
+  "?",
+);
 helpButton.addEventListener("click", () => void showShortcuts());
 const accountArea = h("div", { class: "account" });
 
@@ -68,9 +100,17 @@ const list = h("ul", { class: "session-list", id: "session-list" });
 const sidebar = h(
   "nav",
   { class: "sidebar", "aria-label": "Sessions" },
-  h("div", { class: "sidebar-tools" },
-    h("label", { for: "session-filter", class: "visually-hidden" }, "Filter sessions"), filter,
-    h("div", { class: "field checkbox" }, showArchived, h("label", { for: "show-archived" }, "Show archived")),
+  h(
+    "div",
+    { class: "sidebar-tools" },
+    h("label", { for: "session-filter", class: "visually-hidden" }, "Filter sessions"),
+    filter,
+    h(
+      "div",
+      { class: "field checkbox" },
+      showArchived,
+      h("label", { for: "show-archived" }, "Show archived"),
+    ),
   ),
   listCount,
   list,
@@ -100,8 +140,10 @@ function renderConnection(state: ConnectionState): void {
   connection.dataset.phase = state.phase;
   retry.hidden = state.phase !== "waiting";
   if (state.phase === "open") connection.textContent = "Live";
-  else if (state.phase === "connecting") connection.textContent = state.reconnect ? "Reconnecting…" : "Connecting…";
-  else if (state.retryAt) stopRetryCountdown = countdown(connection, state.retryAt, "Disconnected; retrying");
+  else if (state.phase === "connecting")
+    connection.textContent = state.reconnect ? "Reconnecting…" : "Connecting…";
+  else if (state.retryAt)
+    stopRetryCountdown = countdown(connection, state.retryAt, "Disconnected; retrying");
 }
 
 function renderAccount(): void {
@@ -113,7 +155,9 @@ function renderAccount(): void {
   let out: HTMLButtonElement | null = null;
   if (auth.viaCookie) {
     out = h("button", { type: "button", class: "button plain" }, "Sign out");
-    out.addEventListener("click", () => signOut().catch((error) => showError(error, "Signing out")));
+    out.addEventListener("click", () =>
+      signOut().catch((error) => showError(error, "Signing out")),
+    );
   }
   replace(
     accountArea,
@@ -129,9 +173,19 @@ const items = new Map<string, HTMLLIElement>();
 
 function matches(session: Session, text: string): boolean {
   if (!text) return true;
-  const haystack = [session.name, session.branch_name, session.description, ...session.tags,
-    ...session.repositories.map((r) => r.path)].join(" ").toLowerCase();
-  return text.toLowerCase().split(/\s+/).every((word) => haystack.includes(word));
+  const haystack = [
+    session.name,
+    session.branch_name,
+    session.description,
+    ...session.tags,
+    ...session.repositories.map((r) => r.path),
+  ]
+    .join(" ")
+    .toLowerCase();
+  return text
+    .toLowerCase()
+    .split(/\s+/)
+    .every((word) => haystack.includes(word));
 }
 
 function visibleSessions(): Session[] {
@@ -154,15 +208,23 @@ function renderItem(session: Session): HTMLLIElement {
   replace(
     link,
     h("span", { class: "session-name" }, session.name),
-    h("span", { class: "badges" },
+    h(
+      "span",
+      { class: "badges" },
       statusBadge(session.status),
       session.archived ? h("span", { class: "badge tone-muted" }, "archived") : null,
       session.health !== "healthy" ? healthBadge(session.health) : null,
-      session.status === "running" && session.agent_state !== "unknown" ? agentBadge(session.agent_state) : null,
+      session.status === "running" && session.agent_state !== "unknown"
+        ? agentBadge(session.agent_state)
+        : null,
     ),
     h("span", { class: "session-branch" }, session.branch_name),
-    h("span", { class: "session-repos" }, session.repositories.map((r) => r.path.split("/").pop() ?? r.path).join(", "),
-      ` · ${relativeTime(session.created_at)}`),
+    h(
+      "span",
+      { class: "session-repos" },
+      session.repositories.map((r) => r.path.split("/").pop() ?? r.path).join(", "),
+      ` · ${relativeTime(session.created_at)}`,
+    ),
     progressBar(session.progress),
   );
   const selected = current?.sessionId === session.id;
@@ -207,7 +269,9 @@ showArchived.addEventListener("change", renderList);
 
 async function loadList(): Promise<void> {
   try {
-    const answer = await api.get<{ sessions: Session[] }>("/api/sessions?include_archived=true&limit=1000");
+    const answer = await api.get<{ sessions: Session[] }>(
+      "/api/sessions?include_archived=true&limit=1000",
+    );
     store.reset(answer.sessions);
   } catch (error) {
     showError(error, "Loading the sessions");
@@ -220,16 +284,21 @@ const refetchTimers = new Map<string, number>();
 /** Fetch one session in full (error message, container, progress) after a burst of events. */
 function refetchSoon(id: string): void {
   window.clearTimeout(refetchTimers.get(id));
-  refetchTimers.set(id, window.setTimeout(async () => {
-    refetchTimers.delete(id);
-    try {
-      const answer = await api.get<{ session: Session & { chat_history?: unknown } }>(`/api/sessions/${id}`);
-      const { chat_history: _ignored, ...session } = answer.session;
-      store.upsert(session);
-    } catch {
-      // Gone meanwhile: the session_deleted event (or the next list load) says so.
-    }
-  }, 200));
+  refetchTimers.set(
+    id,
+    window.setTimeout(async () => {
+      refetchTimers.delete(id);
+      try {
+        const answer = await api.get<{ session: Session & { chat_history?: unknown } }>(
+          `/api/sessions/${id}`,
+        );
+        const { chat_history: _ignored, ...session } = answer.session;
+        store.upsert(session);
+      } catch {
+        // Gone meanwhile: the session_deleted event (or the next list load) says so.
+      }
+    }, 200),
+  );
 }
 
 function onEvent(event: ServerEvent): void {
@@ -246,7 +315,8 @@ function onEvent(event: ServerEvent): void {
       if (event.health) fields.health = event.health;
       if (event.agent_state) fields.agent_state = event.agent_state;
       if (typeof event.archived === "boolean") fields.archived = event.archived;
-      if (event.status && event.status !== "creating" && event.status !== "deleting") fields.progress = null;
+      if (event.status && event.status !== "creating" && event.status !== "deleting")
+        fields.progress = null;
       const before = store.get(id);
       if (before) store.patch(id, fields);
       // agent_state flips are frequent and the event carries them whole; a change of status
@@ -263,14 +333,19 @@ function onEvent(event: ServerEvent): void {
       store.remove(id);
       break;
     case "subscribe_failed":
-      if (current?.sessionId === id) showError(new Error(String(event.message)), "Following the session");
+      if (current?.sessionId === id)
+        showError(new Error(String(event.message)), "Following the session");
       break;
   }
 }
 
 // --- router ----------------------------------------------------------------------------
 
-type Route = { name: "home" } | { name: "new" } | { name: "tokens" } | { name: "session"; id: string; tab: Tab };
+type Route =
+  | { name: "home" }
+  | { name: "new" }
+  | { name: "tokens" }
+  | { name: "session"; id: string; tab: Tab };
 
 function parseRoute(): Route {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
@@ -283,12 +358,19 @@ function parseRoute(): Route {
   return { name: "home" };
 }
 
+/** Go to ``hash`` now: keys pressed in quick succession each see the route the last one set
+ * (the hashchange that follows finds the route already in place). */
 function navigate(hash: string): void {
-  if (location.hash === hash) route();
-  else location.hash = hash;
+  if (location.hash !== hash) location.hash = hash;
+  route();
 }
 
+let routed: string | null = null;
+
 function route(): void {
+  // navigate() routes at once; the hashchange that follows finds nothing new to do.
+  if (location.hash === routed) return;
+  routed = location.hash;
   const r = parseRoute();
   document.body.dataset.view = r.name === "home" ? "list" : "detail";
   if (r.name === "session" && current?.sessionId === r.id) {
@@ -313,9 +395,17 @@ function route(): void {
   } else {
     replace(
       main,
-      h("div", { class: "view empty-view" },
+      h(
+        "div",
+        { class: "view empty-view" },
         h("h2", null, "Sessions"),
-        h("p", null, "Pick a session from the list, or ", h("a", { href: "#/new" }, "create a new one"), "."),
+        h(
+          "p",
+          null,
+          "Pick a session from the list, or ",
+          h("a", { href: "#/new" }, "create a new one"),
+          ".",
+        ),
         h("p", { class: "hint" }, "Press ? for keyboard shortcuts."),
       ),
     );
@@ -348,7 +438,14 @@ const SHORTCUTS: [string, string][] = [
 async function showShortcuts(): Promise<void> {
   await dialog(
     "Keyboard shortcuts",
-    h("dl", { class: "shortcuts" }, SHORTCUTS.flatMap(([keys, what]) => [h("dt", null, h("kbd", null, keys)), h("dd", null, what)])),
+    h(
+      "dl",
+      { class: "shortcuts" },
+      SHORTCUTS.flatMap(([keys, what]) => [
+        h("dt", null, h("kbd", null, keys)),
+        h("dd", null, what),
+      ]),
+    ),
     [{ label: "Close", value: null, kind: "primary", autofocus: true }],
     null,
   );

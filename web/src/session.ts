@@ -9,7 +9,7 @@
  * switching tabs never drops the console socket.
  */
 
-import { ACTION_ORDER, ACTIONS, keepsText, runAction } from "./actions";
+import { ACTION_ORDER, ACTIONS, actionClass, keepsText, runAction } from "./actions";
 import { api, errorMessage } from "./api";
 import { ChatLog } from "./chat";
 import { uploadFiles } from "./create";
@@ -18,7 +18,16 @@ import type { EventsClient } from "./events";
 import type { SessionStore } from "./store";
 import { TerminalPanel, type TerminalState } from "./terminal";
 import type { Action, HealthReport, ServerEvent, Session, SessionDetail } from "./types";
-import { agentBadge, countdown, healthBadge, label, progressBar, showError, showInfo, statusBadge } from "./ui";
+import {
+  agentBadge,
+  countdown,
+  healthBadge,
+  label,
+  progressBar,
+  showError,
+  showInfo,
+  statusBadge,
+} from "./ui";
 
 export type Tab = "chat" | "terminal" | "health";
 
@@ -66,7 +75,11 @@ export class SessionView {
     private readonly ctx: SessionContext,
   ) {
     this.header = h("header", { class: "session-header" });
-    this.actionBar = h("div", { class: "action-bar", role: "toolbar", "aria-label": "Session actions" });
+    this.actionBar = h("div", {
+      class: "action-bar",
+      role: "toolbar",
+      "aria-label": "Session actions",
+    });
 
     const tabList = h("div", { class: "tabs", role: "tablist", "aria-label": "Session views" });
     for (const tab of TABS) {
@@ -74,14 +87,27 @@ export class SessionView {
       const panelId = `${id}-panel`;
       const button = h(
         "button",
-        { type: "button", role: "tab", id, "aria-controls": panelId, "data-tab": tab, tabindex: "-1" },
+        {
+          type: "button",
+          role: "tab",
+          id,
+          "aria-controls": panelId,
+          "data-tab": tab,
+          tabindex: "-1",
+        },
         TAB_LABELS[tab],
       );
       button.addEventListener("click", () => this.ctx.navigate(`#/s/${this.sessionId}/${tab}`));
       button.addEventListener("keydown", (event) => this.tabKey(event, tab));
       tabList.append(button);
       this.tabButtons.set(tab, button);
-      const panel = h("section", { class: `tab-panel panel-${tab}`, role: "tabpanel", id: panelId, "aria-labelledby": id, hidden: true });
+      const panel = h("section", {
+        class: `tab-panel panel-${tab}`,
+        role: "tabpanel",
+        id: panelId,
+        "aria-labelledby": id,
+        hidden: true,
+      });
       this.panels.set(tab, panel);
     }
 
@@ -94,16 +120,33 @@ export class SessionView {
     });
     this.sendButton = h("button", { type: "submit", class: "button primary" }, "Send");
     const attachId = uid("attach");
-    const attach = h("input", { id: attachId, type: "file", multiple: true, class: "visually-hidden" });
+    const attach = h("input", {
+      id: attachId,
+      type: "file",
+      multiple: true,
+      class: "visually-hidden",
+    });
     this.chatNote = h("p", { class: "composer-note", role: "status" });
     this.composer = h(
       "form",
       { class: "composer", "aria-label": "Send a message" },
       h("label", { for: messageId, class: "visually-hidden" }, "Message to the agent"),
       this.messageBox,
-      h("div", { class: "composer-buttons" },
-        h("label", { for: attachId, class: "button plain", title: "Upload files into the working directory" }, "Attach"),
-        attach, this.sendButton),
+      h(
+        "div",
+        { class: "composer-buttons" },
+        h(
+          "label",
+          {
+            for: attachId,
+            class: "button plain",
+            title: "Upload files into the working directory",
+          },
+          "Attach",
+        ),
+        attach,
+        this.sendButton,
+      ),
       this.chatNote,
     );
     this.composer.addEventListener("submit", (event) => {
@@ -124,11 +167,18 @@ export class SessionView {
     const reconnect = h("button", { type: "button", class: "button plain small" }, "Reconnect");
     reconnect.addEventListener("click", () => this.terminal?.reconnect());
     this.termHost = h("div", { class: "term-host", role: "region", "aria-label": "Terminal" });
-    this.panels.get("terminal")?.append(
-      h("div", { class: "term-bar" }, this.termStatus, reconnect,
-        h("small", { class: "hint" }, "Alt+1/2/3 switch tabs from inside the terminal")),
-      this.termHost,
-    );
+    this.panels
+      .get("terminal")
+      ?.append(
+        h(
+          "div",
+          { class: "term-bar" },
+          this.termStatus,
+          reconnect,
+          h("small", { class: "hint" }, "Alt+1/2/3 switch tabs from inside the terminal"),
+        ),
+        this.termHost,
+      );
 
     // health
     this.healthBody = h("div", { class: "health-body" });
@@ -145,9 +195,11 @@ export class SessionView {
       [...this.panels.values()],
     );
 
-    this.unsubscribers.push(ctx.store.subscribe((changed) => {
-      if (changed === null || changed === this.sessionId) this.sessionChanged();
-    }));
+    this.unsubscribers.push(
+      ctx.store.subscribe((changed) => {
+        if (changed === null || changed === this.sessionId) this.sessionChanged();
+      }),
+    );
     this.unsubscribers.push(ctx.events.onEvent((event) => this.onEvent(event)));
     this.sessionChanged();
     void this.loadChat();
@@ -211,8 +263,16 @@ export class SessionView {
     const session = this.session;
     if (!session) {
       if (this.ctx.store.loaded) {
-        replace(this.header, h("h2", { id: "session-title" }, "Session not found"),
-          h("p", null, "It may have been deleted. ", h("a", { href: "#/" }, "Back to the sessions")));
+        replace(
+          this.header,
+          h("h2", { id: "session-title" }, "Session not found"),
+          h(
+            "p",
+            null,
+            "It may have been deleted. ",
+            h("a", { href: "#/" }, "Back to the sessions"),
+          ),
+        );
         this.actionBar.replaceChildren();
         this.terminal?.park("The session is gone");
       }
@@ -266,16 +326,36 @@ export class SessionView {
         "dl",
         { class: "facts inline-facts" },
         fact("Branch", h("code", { class: "branch" }, session.branch_name)),
-        fact("Agent", session.agent, session.model ? ` (${session.model})` : "", session.no_plan_mode ? "" : ", plan mode"),
+        fact(
+          "Agent",
+          session.agent,
+          session.model ? ` (${session.model})` : "",
+          session.no_plan_mode ? "" : ", plan mode",
+        ),
         session.backend === "local"
           ? fact("Runs", "on the host (local backend, no container)")
           : fact("Image", h("code", null, session.image ?? "default")),
-        fact("Created", h("time", { datetime: session.created_at, title: session.created_at }, relativeTime(session.created_at))),
-        fact(session.repositories.length > 1 ? "Repositories" : "Repository", h("ul", { class: "repos" }, repos)),
+        fact(
+          "Created",
+          h(
+            "time",
+            { datetime: session.created_at, title: session.created_at },
+            relativeTime(session.created_at),
+          ),
+        ),
+        fact(
+          session.repositories.length > 1 ? "Repositories" : "Repository",
+          h("ul", { class: "repos" }, repos),
+        ),
       ),
       progressBar(session.progress),
       session.error_message
-        ? h("p", { class: "error-box", role: "alert" }, h("strong", null, "Error: "), session.error_message)
+        ? h(
+            "p",
+            { class: "error-box", role: "alert" },
+            h("strong", null, "Error: "),
+            session.error_message,
+          )
         : null,
     );
     this.renderActions();
@@ -288,7 +368,12 @@ export class SessionView {
     const report = this.health;
     if (!session) return;
     if (!report) {
-      replace(this.actionBar, this.healthError ? h("span", { class: "muted" }, "Actions unavailable: ", this.healthError) : null);
+      replace(
+        this.actionBar,
+        this.healthError
+          ? h("span", { class: "muted" }, "Actions unavailable: ", this.healthError)
+          : null,
+      );
       return;
     }
     const offered = ACTION_ORDER.filter((action) => report.available_actions.includes(action));
@@ -301,7 +386,7 @@ export class SessionView {
           "button",
           {
             type: "button",
-            class: `button ${recommended ? "primary" : action === "delete" || keeps === false ? "danger-outline" : "plain"}`,
+            class: actionClass(action, recommended, keeps),
             "data-action": action,
             title: `${ACTIONS[action].description} ${keepsText(keeps)}`,
             disabled: this.busy !== null,
@@ -313,7 +398,11 @@ export class SessionView {
         return button;
       }),
       report.recommended_action
-        ? h("span", { id: "recommended-note", class: "hint" }, `Recommended: ${ACTIONS[report.recommended_action].label}`)
+        ? h(
+            "span",
+            { id: "recommended-note", class: "hint" },
+            `Recommended: ${ACTIONS[report.recommended_action].label}`,
+          )
         : null,
     );
   }
@@ -357,13 +446,16 @@ export class SessionView {
   private async loadHealth(): Promise<void> {
     if (this.disposed) return;
     try {
-      const report = await api.get<HealthReport>(`/api/sessions/${encodeURIComponent(this.sessionId)}/health`);
+      const report = await api.get<HealthReport>(
+        `/api/sessions/${encodeURIComponent(this.sessionId)}/health`,
+      );
       if (this.disposed) return;
       this.health = report;
       this.healthError = null;
       // The report observes the engine; a state the list has not heard of yet shows now.
       const session = this.session;
-      if (session && session.health !== report.health) this.ctx.store.patch(this.sessionId, { health: report.health });
+      if (session && session.health !== report.health)
+        this.ctx.store.patch(this.sessionId, { health: report.health });
     } catch (error) {
       if (this.disposed) return;
       this.health = null;
@@ -376,54 +468,115 @@ export class SessionView {
   private renderHealth(): void {
     const report = this.health;
     if (!report) {
-      replace(this.healthBody, h("p", { class: "error-box", role: "alert" }, this.healthError ?? "Loading…"));
+      replace(
+        this.healthBody,
+        h("p", { class: "error-box", role: "alert" }, this.healthError ?? "Loading…"),
+      );
       return;
     }
-    const details = Object.entries(report.details).filter(([, value]) => value !== null && value !== undefined);
+    const details = Object.entries(report.details).filter(
+      ([, value]) => value !== null && value !== undefined,
+    );
     const rec = report.reconciliation;
     const offered = ACTION_ORDER.filter((action) => report.available_actions.includes(action));
     replace(
       this.healthBody,
       h("p", { class: "health-state" }, healthBadge(report.health)),
       report.recommended_action
-        ? h("p", { class: "recommended" }, "Recommended: ", h("strong", null, ACTIONS[report.recommended_action].label),
-            ` (${ACTIONS[report.recommended_action].description})`)
+        ? h(
+            "p",
+            { class: "recommended" },
+            "Recommended: ",
+            h("strong", null, ACTIONS[report.recommended_action].label),
+            ` (${ACTIONS[report.recommended_action].description})`,
+          )
         : null,
       details.length
-        ? h("section", null, h("h3", null, "Details"),
-            h("dl", { class: "facts" }, details.flatMap(([key, value]) => [
-              h("dt", null, label(key)),
-              h("dd", null, typeof value === "object" ? JSON.stringify(value) : String(value)),
-            ])))
+        ? h(
+            "section",
+            null,
+            h("h3", null, "Details"),
+            h(
+              "dl",
+              { class: "facts" },
+              details.flatMap(([key, value]) => [
+                h("dt", null, label(key)),
+                h("dd", null, typeof value === "object" ? JSON.stringify(value) : String(value)),
+              ]),
+            ),
+          )
         : null,
       rec.attempts || rec.last_error || rec.next_attempt
-        ? h("section", null, h("h3", null, "Automatic recovery"),
-            h("dl", { class: "facts" },
-              h("dt", null, "Attempts"), h("dd", null, String(rec.attempts)),
-              rec.last_attempt ? [h("dt", null, "Last attempt"), h("dd", null, relativeTime(rec.last_attempt))] : null,
+        ? h(
+            "section",
+            null,
+            h("h3", null, "Automatic recovery"),
+            h(
+              "dl",
+              { class: "facts" },
+              h("dt", null, "Attempts"),
+              h("dd", null, String(rec.attempts)),
+              rec.last_attempt
+                ? [h("dt", null, "Last attempt"), h("dd", null, relativeTime(rec.last_attempt))]
+                : null,
               rec.last_error ? [h("dt", null, "Last error"), h("dd", null, rec.last_error)] : null,
-              rec.next_attempt ? [h("dt", null, "Next attempt"), h("dd", null, new Date(rec.next_attempt).toLocaleTimeString())] : null,
-            ))
+              rec.next_attempt
+                ? [
+                    h("dt", null, "Next attempt"),
+                    h("dd", null, new Date(rec.next_attempt).toLocaleTimeString()),
+                  ]
+                : null,
+            ),
+          )
         : null,
-      h("section", null, h("h3", null, "What you can do"),
+      h(
+        "section",
+        null,
+        h("h3", null, "What you can do"),
         offered.length === 0
           ? h("p", { class: "muted" }, "No action is offered in this state.")
-          : h("ul", { class: "action-list" }, offered.map((action) => {
-              const keeps = report.data_preservation[action];
-              const button = h("button", {
-                type: "button",
-                class: `button ${report.recommended_action === action ? "primary" : keeps === false || action === "delete" ? "danger-outline" : "plain"}`,
-                "data-health-action": action,
-                disabled: this.busy !== null,
-              }, ACTIONS[action].label);
-              button.addEventListener("click", () => void this.act(action));
-              return h("li", null, button,
-                h("div", null,
-                  h("p", null, ACTIONS[action].description,
-                    report.recommended_action === action ? h("strong", null, " Recommended.") : null),
-                  h("p", { class: keeps === false ? "keeps loses" : "keeps" }, keeps === false ? "⚠ " : "✓ ", keepsText(keeps)),
-                ));
-            }))),
+          : h(
+              "ul",
+              { class: "action-list" },
+              offered.map((action) => {
+                const keeps = report.data_preservation[action];
+                const button = h(
+                  "button",
+                  {
+                    type: "button",
+                    class: actionClass(action, report.recommended_action === action, keeps),
+                    "data-health-action": action,
+                    disabled: this.busy !== null,
+                  },
+                  ACTIONS[action].label,
+                );
+                button.addEventListener("click", () => void this.act(action));
+                return h(
+                  "li",
+                  null,
+                  button,
+                  h(
+                    "div",
+                    null,
+                    h(
+                      "p",
+                      null,
+                      ACTIONS[action].description,
+                      report.recommended_action === action
+                        ? h("strong", null, " Recommended.")
+                        : null,
+                    ),
+                    h(
+                      "p",
+                      { class: keeps === false ? "keeps loses" : "keeps" },
+                      keeps === false ? "⚠ " : "✓ ",
+                      keepsText(keeps),
+                    ),
+                  ),
+                );
+              }),
+            ),
+      ),
     );
   }
 
@@ -442,13 +595,17 @@ export class SessionView {
       for (const event of history) this.chat.add(event);
       // An event numbered before the subscription but stored just after the read above.
       const last = history.reduce((max, event) => Math.max(max, event.seq ?? 0), 0);
-      const more = await api.get<{ messages: ServerEvent[] }>(`${base}/messages?after=${last}&limit=1000`);
+      const more = await api.get<{ messages: ServerEvent[] }>(
+        `${base}/messages?after=${last}&limit=1000`,
+      );
       for (const event of more.messages) this.chat.add(event);
       this.chat.scrollToEnd();
       // The history is the newest part of a long chat: offer what came before it.
       const first = history[0]?.seq;
       if (first !== undefined && first > 1) {
-        const probe = await api.get<{ messages: ServerEvent[] }>(`${base}/messages?after=0&limit=1`);
+        const probe = await api.get<{ messages: ServerEvent[] }>(
+          `${base}/messages?after=0&limit=1`,
+        );
         const oldest = probe.messages[0]?.seq;
         if (oldest !== undefined && oldest < first && !this.disposed) {
           this.chat.offerEarlier(() => this.loadEarlier(base, first));
@@ -536,7 +693,9 @@ export class SessionView {
 
   private showTerminal(): void {
     if (!this.terminal) {
-      this.terminal = new TerminalPanel(this.sessionId, this.termHost, (state) => this.terminalState(state));
+      this.terminal = new TerminalPanel(this.sessionId, this.termHost, (state) =>
+        this.terminalState(state),
+      );
       this.terminal.term.attachCustomKeyEventHandler((event) => {
         // Alt+1/2/3 leave the terminal for another tab; everything else goes to the agent.
         if (event.type === "keydown" && event.altKey && ["1", "2", "3"].includes(event.key)) {
@@ -580,7 +739,11 @@ export class SessionView {
     this.stopCountdown = null;
     this.termStatus.dataset.phase = state.phase;
     if (state.phase === "waiting" && state.retryAt) {
-      this.stopCountdown = countdown(this.termStatus, state.retryAt, `${state.message}; reconnecting`);
+      this.stopCountdown = countdown(
+        this.termStatus,
+        state.retryAt,
+        `${state.message}; reconnecting`,
+      );
     } else {
       this.termStatus.textContent = state.message;
     }

@@ -33,7 +33,12 @@ function notice(kind: "error" | "info", text: string, code: string | null): void
   const item = h(
     "div",
     { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" },
-    h("div", { class: "notice-text" }, code ? h("code", { class: "notice-code" }, code) : null, text),
+    h(
+      "div",
+      { class: "notice-text" },
+      code ? h("code", { class: "notice-code" }, code) : null,
+      text,
+    ),
     close,
   );
   close.addEventListener("click", () => item.remove());
@@ -143,8 +148,11 @@ export function label(value: string): string {
 }
 
 export function statusBadge(status: SessionStatus): HTMLElement {
-  return h("span", { class: `badge tone-${STATUS_TONE[status] ?? "muted"}`, "data-status": status },
-    label(status));
+  return h(
+    "span",
+    { class: `badge tone-${STATUS_TONE[status] ?? "muted"}`, "data-status": status },
+    label(status),
+  );
 }
 
 export function healthBadge(health: HealthState): HTMLElement {

@@ -302,6 +302,11 @@ function refetchSoon(id: string): void {
 }
 
 function onEvent(event: ServerEvent): void {
+  if (event.type === "error") {
+    // Answers to subscribes are handled by the events client; anything else is shown.
+    showError(new Error(typeof event.message === "string" ? event.message : "error"), "Events");
+    return;
+  }
   const id = event.session_id;
   if (!id || id === "*") return;
   switch (event.type) {

@@ -2,7 +2,7 @@
 // then write dist/index.html from index.html pointing at them. index.html is the only file
 // whose name never changes, so the daemon serves it with no-cache and everything under
 // /assets/ as immutable.
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
@@ -11,8 +11,6 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const dist = path.join(here, "dist");
 const assets = path.join(dist, "assets");
 
-// A clean directory each time: stale hashed files would otherwise pile up.
-await rm(dist, { recursive: true, force: true });
 await mkdir(assets, { recursive: true });
 
 const result = await esbuild.build({
@@ -44,5 +42,12 @@ if (!script || !style) throw new Error("esbuild produced no script or no stylesh
 const template = await readFile(path.join(here, "index.html"), "utf8");
 const page = template.replaceAll("__SCRIPT__", script).replaceAll("__STYLE__", style);
 if (page === template) throw new Error("index.html has no __SCRIPT__/__STYLE__ placeholders");
-await writeFile(path.join(dist, "index.html"), page);
+// The page is replaced in one rename, then the files no build output names any more are
+// removed: a daemon serving meanwhile never answers a page whose assets are gone.
+await writeFile(path.join(dist, "index.html.tmp"), page);
+await rename(path.join(dist, "index.html.tmp"), path.join(dist, "index.html"));
+const current = new Set(Object.keys(result.metafile.outputs).map((file) => path.basename(file)));
+for (const name of await readdir(assets)) {
+  if (!current.has(name)) await rm(path.join(assets, name), { force: true });
+}
 console.log(`web: dist/index.html -> assets/${script}, assets/${style}`);

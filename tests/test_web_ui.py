@@ -17,7 +17,7 @@ import aiodocker
 import pytest
 from playwright.async_api import Page, expect
 
-from daemon.keys import HUB
+from daemon.keys import HUB, SOCKETS
 from daemon.settings import Settings
 from tests import ui_helpers
 from tests.conftest import create_running, make_repo, wait_for
@@ -214,6 +214,15 @@ async def test_terminal_echo_resize_and_reload(
     await expect(ui_page.locator(".term-status")).to_have_text("Connected")
     screen = await wait_for_terminal_text(ui_page, "x-42")
     assert "s-42" in screen
+
+    # A dropped console socket comes back by itself with the same screen, and works.
+    for ws in ui_server.app[SOCKETS].all():
+        await ws.close(code=1011)
+    await expect(ui_page.locator(".term-status")).to_contain_text("reconnecting")
+    await expect(ui_page.locator(".term-status")).to_have_text("Connected", timeout=10_000)
+    await type_in_terminal(ui_page, "echo r-$((8*8))\n")
+    screen = await wait_for_terminal_text(ui_page, "r-64")
+    assert screen.count("x-42") == 1  # redrawn once, not appended to the old screen
     await assert_page_clean(ui_page, ui_problems)
 
 
@@ -346,8 +355,6 @@ async def test_chat_resumes_after_the_events_socket_drops(
     await expect(ui_page.locator(".chat-message")).to_have_count(1)
 
     # Cut every events socket from the daemon's side, then publish while the page is away.
-    from daemon.keys import SOCKETS
-
     for ws in ui_server.app[SOCKETS].all():
         await ws.close(code=1011)
     await expect(ui_page.locator(".connection")).not_to_have_text("Live")

@@ -122,6 +122,8 @@ async def test_create_a_session_through_the_form(
     errors = ui_page.locator(".form-errors")
     await expect(errors).to_contain_text("The session was not created")
     await expect(errors).to_contain_text("git")
+    await ui_page.get_by_label("Prompt").fill("Say hello!")
+    await expect(errors).to_be_hidden()  # the form changed: the old reason goes
 
     # The directory browser: go to the folder holding the repository and choose it.
     await ui_page.get_by_role("button", name="Browse…").click()
@@ -148,7 +150,10 @@ async def test_create_a_session_through_the_form(
         [{"name": "sketch.png", "mimeType": "image/png", "buffer": PNG}]
     )
     await ui_page.get_by_label("Session name").fill("from-the-form")
+    await ui_page.set_viewport_size({"width": 1280, "height": 1180})  # the whole form
+    await ui_page.evaluate("() => document.getElementById('main').scrollTo(0, 0)")
     await shot(ui_page, "create-form")
+    await ui_page.set_viewport_size(ui_helpers.DESKTOP)
 
     # The progress of the creation shows while it runs (watched from inside the page).
     await ui_page.evaluate(

@@ -304,6 +304,10 @@ export function createView(ctx: CreateContext): HTMLElement {
     ),
   );
 
+  // A reason shown for the last attempt stops being true once the form changes.
+  form.addEventListener("input", () => {
+    errors.hidden = true;
+  });
   form.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();

@@ -256,6 +256,20 @@ function renderList(): void {
   }
 }
 
+/** One session changed: redraw its entry alone when it stays where it is (the common case:
+ * status and agent-state events), else the whole list. */
+function onStoreChange(changed: string | null): void {
+  const session = changed ? store.get(changed) : undefined;
+  const item = changed ? items.get(changed) : undefined;
+  const stays =
+    session &&
+    item?.isConnected &&
+    (showArchived.checked || !session.archived) &&
+    matches(session, filter.value.trim());
+  if (session && stays) renderItem(session);
+  else renderList();
+}
+
 filter.addEventListener("input", renderList);
 filter.addEventListener("keydown", (event) => {
   // Escape leaves the filter (cleared), so the single-key shortcuts work again.
@@ -530,7 +544,7 @@ async function start(): Promise<void> {
     if (auth.available) goToLogin();
   });
   renderAccount();
-  store.subscribe(() => renderList());
+  store.subscribe(onStoreChange);
   events.onState((state) => {
     renderConnection(state);
     // "*" is not replayed: after a reconnect the list is loaded again.

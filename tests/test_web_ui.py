@@ -410,6 +410,11 @@ async def test_phone_layout_and_keyboard_shortcuts(
     order = [s["name"] for s in listed["sessions"]]  # newest first; ties by id
     await open_page(ui_page, "/")
     await expect(ui_page.locator(".session-name")).to_have_text(order)
+    await ui_page.keyboard.press("Tab")  # the first stop skips to the content
+    await expect(ui_page.locator(".skip-link")).to_be_focused()
+    await ui_page.keyboard.press("Enter")
+    await expect(ui_page.locator("#main")).to_be_focused()
+    assert ui_page.url.endswith("/")  # the route is untouched
 
     # Keyboard: j/k walk the list, t/h/c switch tabs, / filters, ? lists the shortcuts.
     await ui_page.keyboard.press("j")

@@ -118,9 +118,15 @@ const sidebar = h(
 const main = h("main", { id: "main", class: "main", tabindex: "-1" });
 
 function mountShell(root: HTMLElement): void {
+  // The URL's hash holds the route, so the skip link moves focus itself.
+  const skip = h("a", { href: "#main", class: "skip-link" }, "Skip to content");
+  skip.addEventListener("click", (event) => {
+    event.preventDefault();
+    main.focus();
+  });
   replace(
     root,
-    h("a", { href: "#main", class: "skip-link" }, "Skip to content"),
+    skip,
     h(
       "header",
       { class: "topbar" },

@@ -46,6 +46,23 @@ async def _events_until_assistant(
             return seen
 
 
+async def recreate_and_ask(
+    client: Any, events: Events, model_server: ModelServer, session_id: str, *, ready: bytes
+) -> dict[str, Any]:
+    """Recreate the session, wait for its resumed TUI to show ``ready`` and go quiet, send
+    "still there?", and return the model request it makes (the fourth of the test)."""
+    recreated = await client.post(f"/api/sessions/{session_id}/recreate")
+    assert recreated.status == 200, await recreated.text()
+    viewer = await open_console(client, session_id, "cols=120&rows=40")
+    try:
+        await viewer.until(ready, timeout=60)
+        await viewer.settle()
+        await events.send(type="send_message", session_id=session_id, content="still there?")
+        return (await model_server.wait_for_requests(4, timeout=90))[3]
+    finally:
+        await viewer.ws.close()
+
+
 __all__ = ["model_server_fixture"]  # the fixture is used by name
 
 
@@ -205,20 +222,13 @@ async def test_claude_code_runs_as_the_session_agent(
             ("assistant", "second answer"),
         ]
 
-        # A new container resumes the same conversation from its transcript.
-        recreated = await client.post(f"/api/sessions/{sid}/recreate")
-        assert recreated.status == 200, await recreated.text()
-        viewer2 = await open_console(client, sid, "cols=120&rows=40")
-        # The resumed TUI shows its input hint, then is ready once it stops drawing.
-        await viewer2.until(b"shortcuts", timeout=60)
-        await viewer2.settle()
-        await events.send(type="send_message", session_id=sid, content="still there?")
-        fourth = (await model_server.wait_for_requests(4, timeout=90))[3]
+        # A new container resumes the same conversation from its transcript; the resumed
+        # TUI shows its input hint, then is ready once it stops drawing.
+        fourth = await recreate_and_ask(client, events, model_server, sid, ready=b"shortcuts")
         history = json.dumps(fourth["messages"])
         assert "write the file" in history
         assert "and now?" in history
         assert "still there?" in history
-        await viewer2.ws.close()
         await viewer.ws.close()
     finally:
         await app[TASKS].wait(timeout=30)

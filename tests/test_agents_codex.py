@@ -13,7 +13,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from daemon.agents.codex import CodexRunner
@@ -33,7 +32,7 @@ from tests.model_server import (
     model_server_fixture,
     sse_events,
 )
-from tests.test_console import open_console
+from tests.test_agents import recreate_and_ask
 from tests.test_events import Events, connect
 from tests.test_model_server import post
 
@@ -175,10 +174,7 @@ async def _chat_events(events: Events, count: int, timeout: float = 60) -> list[
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise AssertionError(f"{len(received)} of {count} chat events; got {received}")
-        message = await events.ws.receive(timeout=remaining)
-        if message.type != aiohttp.WSMsgType.TEXT:
-            raise AssertionError(f"socket ended: {message}")
-        events.received.append(json.loads(message.data))
+        await events.pull(remaining)
     return received
 
 
@@ -257,16 +253,9 @@ async def test_codex_runs_as_the_session_agent(
         assert question["message"] == {**question["message"], "role": "user", "content": "and now?"}
         assert reply["message"]["content"] == "second-answer"
 
-        # A new container resumes the same conversation from its rollout.
-        recreated = await client.post(f"/api/sessions/{sid}/recreate")
-        assert recreated.status == 200, await recreated.text()
-        viewer = await open_console(client, sid, "cols=120&rows=40")
-        # The resumed TUI redraws the conversation (words apart, hence a one-word answer),
-        # then is ready once it stops drawing.
-        await viewer.until(b"second-answer", timeout=60)
-        await viewer.settle()
-        await events.send(type="send_message", session_id=sid, content="still there?")
-        fourth = (await model_server.wait_for_requests(4, timeout=90))[3]
+        # A new container resumes the same conversation from its rollout; the resumed TUI
+        # redraws the conversation (words apart, hence a one-word answer).
+        fourth = await recreate_and_ask(client, events, model_server, sid, ready=b"second-answer")
         history = json.dumps(fourth["input"])
         assert "write the file" in history
         assert "and now?" in history
@@ -274,7 +263,6 @@ async def test_codex_runs_as_the_session_agent(
         again, last = await _chat_events(events, 2)
         assert again["message"]["content"] == "still there?"
         assert last["message"]["content"] == "after recreate"
-        await viewer.ws.close()
 
         # Over both containers, every chat event of the rollout arrived once, in its order.
         chat = [prompt, call, result, answer, question, reply, again, last]

@@ -36,10 +36,14 @@ class Events:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise AssertionError(f"no {kind} {match}; got {self.received[-5:]}")
-            message = await self.ws.receive(timeout=remaining)
-            if message.type != aiohttp.WSMsgType.TEXT:
-                raise AssertionError(f"socket ended: {message}")
-            self.received.append(json.loads(message.data))
+            await self.pull(remaining)
+
+    async def pull(self, timeout: float) -> None:
+        """Receive one more event into ``received``."""
+        message = await self.ws.receive(timeout=timeout)
+        if message.type != aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"socket ended: {message}")
+        self.received.append(json.loads(message.data))
 
     async def send(self, **message: Any) -> None:
         await self.ws.send_str(json.dumps(message))

@@ -16,6 +16,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -217,6 +218,30 @@ def make_repo(path: Path, branch: str = "main") -> Path:
 
 
 # --- docker sweeps -----------------------------------------------------------------------------
+
+
+def insert_session_rows(
+    db_path: Path, sessions: list[tuple[Any, ...]], repos: list[tuple[Any, ...]]
+) -> None:
+    """Write session and repository rows straight into a stopped daemon's store (fast)."""
+    db = sqlite3.connect(db_path)
+    try:
+        with db:
+            db.executemany(
+                "INSERT INTO sessions (id, name, description, tags, backend, agent, model, "
+                "status, archived, archived_at, agent_state, prompt, no_plan_mode, image, "
+                "image_paths, container_id, progress, error_message, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                sessions,
+            )
+            db.executemany(
+                "INSERT INTO repositories (session_id, position, path, mount_name, "
+                "worktree_path, branch_name, base_branch, is_primary, subdir) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                repos,
+            )
+    finally:
+        db.close()
 
 
 def docker_sweep(label: str, value: str) -> int:

@@ -15,7 +15,6 @@ GET /api/sessions/{id} p99 <= 30 ms under the same load (50 connections, 80% lis
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -30,6 +29,7 @@ from _common import (
     cpu_seconds,
     emit,
     free_port,
+    insert_session_rows,
     log,
     make_repo,
     median,
@@ -66,24 +66,7 @@ def fill_store(db_path: Path, repo: Path, data_dir: Path, image: str, count: int
             (sid, 0, str(repo), "repo", str(data_dir / "worktrees" / name / "repo"),
              f"corral/{name}", "main", 1, "")
         )  # fmt: skip
-    db = sqlite3.connect(db_path)
-    try:
-        with db:
-            db.executemany(
-                "INSERT INTO sessions (id, name, description, tags, backend, agent, model, "
-                "status, archived, archived_at, agent_state, prompt, no_plan_mode, image, "
-                "image_paths, container_id, progress, error_message, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                sessions,
-            )
-            db.executemany(
-                "INSERT INTO repositories (session_id, position, path, mount_name, "
-                "worktree_path, branch_name, base_branch, is_primary, subdir) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                repos,
-            )
-    finally:
-        db.close()
+    insert_session_rows(db_path, sessions, repos)
     return ids
 
 

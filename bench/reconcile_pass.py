@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 import urllib.request
 import uuid
@@ -34,6 +33,7 @@ from _common import (
     Daemon,
     busybox_image,
     emit,
+    insert_session_rows,
     log,
     median,
     metric,
@@ -85,24 +85,7 @@ def fill_store(db_path: Path, data_dir: Path, repo: Path, image: str, names: lis
              containers[i] if running else None, None, None, ts, ts)
         )  # fmt: skip
         repos.append((sid, 0, str(repo), "repo", str(worktree), f"corral/{name}", "main", 1, ""))
-    db = sqlite3.connect(db_path)
-    try:
-        with db:
-            db.executemany(
-                "INSERT INTO sessions (id, name, description, tags, backend, agent, model, "
-                "status, archived, archived_at, agent_state, prompt, no_plan_mode, image, "
-                "image_paths, container_id, progress, error_message, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                sessions,
-            )
-            db.executemany(
-                "INSERT INTO repositories (session_id, position, path, mount_name, "
-                "worktree_path, branch_name, base_branch, is_primary, subdir) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                repos,
-            )
-    finally:
-        db.close()
+    insert_session_rows(db_path, sessions, repos)
 
 
 def health(base: str) -> dict[str, Any]:

@@ -22,7 +22,8 @@ cd web
 # Contents and relative names only: the same hash wherever the checkout lives.
 inputs_hash() {
   {
-    sha256sum ../scripts/build-web.sh package.json package-lock.json tsconfig.json build.mjs index.html
+    sha256sum ../scripts/build-web.sh package.json package-lock.json tsconfig.json build.mjs index.html \
+      favicon.svg
     find src -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
   } | sha256sum | cut -c1-64
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,20 @@ async def open_page(ui_page: Page, path: str) -> None:
     await expect(ui_page.locator(".connection")).to_have_text("Live")
 
 
-async def assert_page_clean(ui_page: Page, problems: PageProblems) -> None:
+async def assert_page_clean(
+    ui_page: Page, problems: PageProblems, allow_status: tuple[int, ...] = ()
+) -> None:
+    """No CSP violation, no script error, no console error but the HTTP errors the test
+    provoked on purpose (the browser logs every non-2xx answer)."""
     violations = await ui_page.evaluate("() => window.__csp")
     assert violations == [], f"CSP violations: {violations}"
     assert problems.errors == [], f"script errors in the page: {problems.errors}"
+    unexpected = [
+        text
+        for text in problems.console
+        if not any(f"status of {code} " in text for code in allow_status)
+    ]
+    assert unexpected == [], f"errors in the page's console: {unexpected}"
 
 
 # --- serving -------------------------------------------------------------------------
@@ -149,7 +160,9 @@ async def test_create_a_session_through_the_form(
     await ui_page.get_by_label("Attach images").set_input_files(
         [{"name": "sketch.png", "mimeType": "image/png", "buffer": PNG}]
     )
-    await ui_page.get_by_label("Session name").fill("from-the-form")
+    # Unique: container names are global to the engine, and test runs may overlap.
+    name = f"from-the-form-{uuid.uuid4().hex[:6]}"
+    await ui_page.get_by_label("Session name").fill(name)
     await ui_page.set_viewport_size({"width": 1280, "height": 1180})  # the whole form
     await ui_page.evaluate("() => document.getElementById('main').scrollTo(0, 0)")
     await shot(ui_page, "create-form")
@@ -163,18 +176,18 @@ async def test_create_a_session_through_the_form(
                 document.body, {subtree: true, childList: true}); }"""
     )
     await ui_page.get_by_role("button", name="Create session").click()
-    await expect(ui_page.locator("#session-title")).to_have_text("from-the-form")
+    await expect(ui_page.locator("#session-title")).to_have_text(name)
     header = ui_page.locator(".session-header")
     await expect(header.locator("[data-status]")).to_have_text("running", timeout=30_000)
-    await expect(header.locator(".branch")).to_have_text("corral/from-the-form")
+    await expect(header.locator(".branch")).to_have_text(f"corral/{name}")
     await expect(header.locator(".repos li")).to_have_count(2)
     await expect(header.locator(".repos")).to_contain_text("/repos/other-repo")
     assert await ui_page.evaluate("() => window.__progress.length") > 0
-    item = ui_page.locator(".session-item", has_text="from-the-form")
+    item = ui_page.locator(".session-item", has_text=name)
     await expect(item.locator("[data-status]")).to_have_text("running")
     await expect(item).to_contain_text(git_repo.name)
     listed = await (await ui_server.client.get("/api/sessions")).json()
-    assert [s["name"] for s in listed["sessions"]] == ["from-the-form"]
+    assert [s["name"] for s in listed["sessions"]] == [name]
     session = listed["sessions"][0]
     assert session["status"] == "running"
     assert [r["mount_name"] for r in session["repositories"]] == ["repo", "other-repo"]
@@ -185,7 +198,7 @@ async def test_create_a_session_through_the_form(
     assert attached.read_bytes() == PNG
     await expect(ui_page.locator(".notice")).to_contain_text("Attached 1 image(s)")
     await shot(ui_page, "session-list")
-    await assert_page_clean(ui_page, ui_problems)
+    await assert_page_clean(ui_page, ui_problems, allow_status=(400,))  # the bad folder
 
 
 async def _exists(path: Path) -> bool:
@@ -229,6 +242,11 @@ async def test_terminal_echo_resize_and_reload(
     screen = await wait_for_terminal_text(ui_page, "r-64")
     assert screen.count("x-42") == 1  # redrawn once, not appended to the old screen
     await assert_page_clean(ui_page, ui_problems)
+
+
+async def _controls_end_with_resume(page: Page) -> list[str] | None:
+    controls = [c for c in await page.evaluate("() => window.__controls") if c != "resize"]
+    return controls if controls[:1] == ["pause"] and controls[-1:] == ["resume"] else None
 
 
 async def _changed_size(ui_page: Page, before: tuple[int, int]) -> tuple[int, int] | None:
@@ -394,11 +412,11 @@ async def test_delete_warns_about_unsaved_work_then_forces(
     await expect(warning).to_contain_text("1 uncommitted change")
     await shot(ui_page, "delete-warning")
     await warning.get_by_role("button", name="Delete anyway").click()
-    await expect(ui_page.locator(".session-item")).to_have_count(0, timeout=30_000)
+    await expect(ui_page.locator(".session-item")).to_have_count(0, timeout=60_000)
     await expect(ui_page.locator(".list-count")).to_contain_text("No sessions yet")
     gone = await ui_server.client.get(f"/api/sessions/{session['id']}")
     assert gone.status == 404
-    await assert_page_clean(ui_page, ui_problems)
+    await assert_page_clean(ui_page, ui_problems, allow_status=(409,))  # the refused delete
 
 
 async def test_phone_layout_and_keyboard_shortcuts(
@@ -632,7 +650,7 @@ async def test_with_sign_in_the_ui_offers_api_tokens_and_sign_out(
     await account.get_by_role("button", name="Sign out").click()
     await expect(page).to_have_url(re.compile(r"/login"))
     assert (await client.get("/api/sessions")).status == 401
-    await assert_page_clean(page, problems)
+    await assert_page_clean(page, problems, allow_status=(401,))  # after signing out
 
 
 async def test_terminal_flow_control_under_a_flood(
@@ -660,9 +678,19 @@ async def test_terminal_flow_control_under_a_flood(
     await ui_page.evaluate("() => clearInterval(window.__busy)")
     assert "400000" in await terminal_text(ui_page)  # the last line drawn, nothing dropped
     controls = [c for c in await ui_page.evaluate("() => window.__controls") if c != "resize"]
-    assert controls[:1] == ["pause"], controls
-    assert controls.count("pause") == controls.count("resume")
-    assert controls[-1] == "resume"
+    # How far behind xterm falls depends on the machine; each pause is resumed.
+    assert controls.count("pause") == controls.count("resume"), controls
+
+    # Deterministically: more than the high-water mark handed to xterm at once (as one
+    # large burst would be) pauses the viewer at once, and it is resumed once drawn.
+    await ui_page.evaluate("() => { window.__controls = []; }")
+    await ui_page.evaluate(
+        "() => window.__corral.view.activeTerminal.write("
+        " new TextEncoder().encode('burst\\r\\n'.repeat(200000)))"
+    )
+    await eventually(
+        lambda: _controls_end_with_resume(ui_page), what="pause then resume after a burst"
+    )
     await type_in_terminal(ui_page, "echo after-$((4*4))\n")  # not left paused
     await wait_for_terminal_text(ui_page, "after-16")
     await assert_page_clean(ui_page, ui_problems)

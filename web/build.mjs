@@ -3,6 +3,7 @@
 // whose name never changes, so the daemon serves it with no-cache and everything under
 // /assets/ as immutable.
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
@@ -39,14 +40,23 @@ for (const [file, output] of Object.entries(result.metafile.outputs)) {
 }
 if (!script || !style) throw new Error("esbuild produced no script or no stylesheet");
 
+// The icon is not imported by any script, so it is hashed and copied here.
+const iconSvg = await readFile(path.join(here, "favicon.svg"));
+const icon = `favicon-${createHash("sha256").update(iconSvg).digest("hex").slice(0, 8)}.svg`;
+await writeFile(path.join(assets, icon), iconSvg);
+
 const template = await readFile(path.join(here, "index.html"), "utf8");
-const page = template.replaceAll("__SCRIPT__", script).replaceAll("__STYLE__", style);
+const page = template
+  .replaceAll("__SCRIPT__", script)
+  .replaceAll("__STYLE__", style)
+  .replaceAll("__ICON__", icon);
 if (page === template) throw new Error("index.html has no __SCRIPT__/__STYLE__ placeholders");
 // The page is replaced in one rename, then the files no build output names any more are
 // removed: a daemon serving meanwhile never answers a page whose assets are gone.
 await writeFile(path.join(dist, "index.html.tmp"), page);
 await rename(path.join(dist, "index.html.tmp"), path.join(dist, "index.html"));
 const current = new Set(Object.keys(result.metafile.outputs).map((file) => path.basename(file)));
+current.add(icon);
 for (const name of await readdir(assets)) {
   if (!current.has(name)) await rm(path.join(assets, name), { force: true });
 }

@@ -308,11 +308,16 @@ function refetchSoon(id: string): void {
     id,
     window.setTimeout(async () => {
       refetchTimers.delete(id);
+      // A session being deleted has nothing more to tell; its end comes as an event.
+      const known = store.get(id);
+      if (known?.status === "deleting") return;
       try {
         const answer = await api.get<{ session: Session & { chat_history?: unknown } }>(
           `/api/sessions/${id}`,
         );
         const { chat_history: _ignored, ...session } = answer.session;
+        // Deleted while the answer was on its way: the event said so, keep it gone.
+        if (known && !store.get(id)) return;
         store.upsert(session);
       } catch {
         // Gone meanwhile: the session_deleted event (or the next list load) says so.

@@ -120,6 +120,34 @@ async def test_reconnect_with_since_seq_misses_nothing(client: Any, git_repo: Pa
     assert [m["message"]["content"] for m in missed] == [f"line {i}" for i in range(5)]
 
 
+async def test_lifecycle_seen_through_star_does_not_hide_earlier_chat(
+    client: Any, git_repo: Path
+) -> None:
+    session = await create_running(client, git_repo, backend="local")
+    sid = session["id"]
+    events = await connect(client)
+    await events.send(type="subscribe", session_id="*")
+    await events.next("subscribed", session_id="*")
+    await chat(client, sid, 3)
+    status = await client.app[HUB].publish("session_status", sid, status="running")
+    seen = await events.next("session_status", session_id=sid, seq=status["seq"])
+    # Only the lifecycle event came through "*"; the chat before it must still replay,
+    # and the lifecycle event must not come twice.
+    await events.send(type="subscribe", session_id=sid, since_seq=0)
+    await events.next("subscribed", session_id=sid)
+    latest = client.app[HUB].last_seq(sid)
+    replayed: list[int] = []
+    await chat(client, sid, 1)  # a live event after the replay marks its end
+    while not replayed or replayed[-1] <= latest:
+        await events.pull(15)
+        event = events.received.pop()
+        if event.get("session_id") == sid and "seq" in event:
+            replayed.append(event["seq"])
+    assert replayed.pop() == latest + 1
+    assert seen["seq"] not in replayed
+    assert replayed == [n for n in range(1, latest + 1) if n != seen["seq"]]
+
+
 async def test_messages_endpoint_and_chat_history(client: Any, git_repo: Path) -> None:
     session = await create_running(client, git_repo, backend="local")
     sid = session["id"]

@@ -11,6 +11,7 @@ that cannot keep up is closed with 1013 and resumes with ``since_seq``.
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any
 
 import structlog
@@ -30,6 +31,9 @@ LIFECYCLE = frozenset(
 )  # fmt: skip
 MAX_CLIENT_FRAME = 64 * 1024
 REPLAY_PAGE = 1000
+# Lifecycle seqs a socket remembers per session it is not subscribed to (sessions change
+# state a handful of times, so this is far more than a replay can meet).
+LIFECYCLE_MEMORY = 1024
 
 
 _last_encoded: tuple[Event | None, str] = (None, "")
@@ -49,29 +53,39 @@ def _encoded(event: Event) -> str:
 
 
 class EventClient:
-    """One socket's subscriptions and the last seq it was sent for each session."""
+    """One socket's subscriptions, and what it has been sent of each session.
+
+    ``sent`` is how far a session's own stream (every event type) has gone to this socket;
+    lifecycle events that reached it only through ``"*"`` are remembered apart, by seq, so
+    a later subscription to that session with ``since_seq`` replays everything the socket
+    has not had (chat events between them included) and nothing twice.
+    """
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.everything = False
         self.sessions: set[str] = set()
         self.sent: dict[str, int] = {}
+        self.lifecycle_sent: dict[str, deque[int]] = {}
         self.held: dict[str, list[Event]] = {}  # live events held during a replay
 
     def __call__(self, event: Event) -> None:
         session_id = event["session_id"]
         if session_id in self.held:
             self.held[session_id].append(event)
-            return
-        wanted = session_id in self.sessions or (self.everything and event["type"] in LIFECYCLE)
-        if wanted:
+        elif session_id in self.sessions:
             self.deliver(event)
+        elif self.everything and event["type"] in LIFECYCLE:
+            seen = self.lifecycle_sent.setdefault(session_id, deque(maxlen=LIFECYCLE_MEMORY))
+            seen.append(event["seq"])
+            self.connection.send_text(_encoded(event))
 
     def deliver(self, event: Event) -> None:
-        session_id = event["session_id"]
-        if event["seq"] <= self.sent.get(session_id, 0):
-            return  # already sent by a replay
-        self.sent[session_id] = event["seq"]
+        """An event of a subscribed session's stream, unless this socket has had it."""
+        session_id, seq = event["session_id"], event["seq"]
+        if seq <= self.sent.get(session_id, 0) or seq in self.lifecycle_sent.get(session_id, ()):
+            return
+        self.sent[session_id] = seq
         self.connection.send_text(_encoded(event))
 
     def error(self, code: str, message: str, **details: Any) -> None:

@@ -17,26 +17,7 @@ from backends.local import LocalBackend
 from daemon.app import create_app
 from daemon.keys import AUTH, TASKS
 from tests.test_auth import auth_settings
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
-AUTHENTICATOR = {
-    "protocol": "ctap2",
-    "transport": "internal",
-    "hasResidentKey": True,
-    "hasUserVerification": True,
-    "isUserVerified": True,
-    "automaticPresenceSimulation": True,
-}
+from tests.ui_helpers import AUTHENTICATOR, CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [
     pytest.mark.browser,

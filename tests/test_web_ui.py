@@ -24,6 +24,7 @@ from tests import ui_helpers
 from tests.conftest import create_running, make_repo, wait_for
 from tests.model_server import FAKE_API_KEY, ModelServer, Text, ToolUse, model_server_fixture
 from tests.ui_helpers import (
+    AUTHENTICATOR,
     PageProblems,
     UiServer,
     eventually,
@@ -588,16 +589,6 @@ async def test_real_claude_code_chat_streams_into_the_page(
         requests = await model_server.wait_for_requests(3, timeout=30)
         assert "and now?" in json.dumps(requests[2]["messages"])
         await assert_page_clean(page, problems)
-
-
-AUTHENTICATOR = {
-    "protocol": "ctap2",
-    "transport": "internal",
-    "hasResidentKey": True,
-    "hasUserVerification": True,
-    "isUserVerified": True,
-    "automaticPresenceSimulation": True,
-}
 
 
 async def test_with_sign_in_the_ui_offers_api_tokens_and_sign_out(

@@ -34,7 +34,7 @@ from backends.base import (
 from daemon import worktrees
 from daemon.agents.claude import ClaudeRunner
 from daemon.agents.codex import CodexRunner
-from daemon.agents.runner import AgentRunner
+from daemon.agents.runner import CONTAINER_HOME, AgentRunner, copy_attachments
 from daemon.confine import resolved_roots, within
 from daemon.console import Consoles
 from daemon.errors import (
@@ -68,7 +68,6 @@ from daemon.tasks import TaskSupervisor
 
 log = structlog.get_logger(__name__)
 
-CONTAINER_HOME = "/home/agent"
 CONTAINER_WORKSPACE = "/workspace"
 BRANCH_PREFIX = "corral/"
 CHAT_EVENT_TYPES = ("chat_message", "tool_call", "tool_result")
@@ -561,6 +560,7 @@ class SessionManager:
             await asyncio.to_thread(
                 runner.prepare_home, home, record, self.agent_working_dir(record)
             )
+            await asyncio.to_thread(copy_attachments, home, record.image_paths)
 
     def _spec(self, record: SessionRecord) -> ContainerSpec:
         mounts: list[Mount] = []
@@ -581,7 +581,9 @@ class SessionManager:
         command = None
         runner = self._runner(record)
         if runner is not None:
-            launch = runner.launch(record, self.agent_working_dir(record))
+            # The local backend runs the agent on the host, in the home itself.
+            home = str(self.agent_home(record.id)) if record.backend == "local" else CONTAINER_HOME
+            launch = runner.launch(record, self.agent_working_dir(record), home)
             command = launch.command
             env.update(launch.env)
         return ContainerSpec(

@@ -12,6 +12,7 @@ import pytest
 
 from daemon.agents.claude import ClaudeRunner, transcript_path
 from daemon.agents.codex import CodexRunner
+from daemon.agents.runner import ATTACHMENTS_DIR, copy_attachments
 from daemon.app import create_app
 from daemon.keys import TASKS
 from daemon.settings import Settings
@@ -79,6 +80,30 @@ def record(**fields: Any) -> SessionRecord:
         "repositories": [],
     }
     return SessionRecord.model_validate({**base, **fields})
+
+
+def test_attached_files_are_copied_into_the_home_and_named_in_the_first_prompt(
+    tmp_path: Path,
+) -> None:
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    (shots / "screen shot.png").write_bytes(b"\x89PNG one")
+    (tmp_path / "screen shot.png").write_bytes(b"\x89PNG two")
+    paths = [str(shots / "screen shot.png"), str(tmp_path / "screen shot.png")]
+    home = tmp_path / "home"
+    copy_attachments(home, paths)
+    copy_attachments(home, paths)  # again, on a later start: kept, not duplicated
+    names = sorted(p.name for p in (home / ATTACHMENTS_DIR).iterdir())
+    assert names == ["1-screen_shot.png", "2-screen_shot.png"]
+    assert (home / ATTACHMENTS_DIR / "2-screen_shot.png").read_bytes() == b"\x89PNG two"
+    settings = Settings.model_validate({})
+    for runner in (ClaudeRunner(settings, environ={}), CodexRunner(settings, environ={})):
+        prompt = runner.launch(record(image_paths=paths), "/workspace").env["CORRAL_PROMPT"]
+        assert prompt.startswith(record().prompt)
+        assert f"/home/agent/{ATTACHMENTS_DIR}/1-screen_shot.png" in prompt
+        assert f"/home/agent/{ATTACHMENTS_DIR}/2-screen_shot.png" in prompt
+        plain = runner.launch(record(), "/workspace").env["CORRAL_PROMPT"]
+        assert plain == record().prompt
 
 
 def test_claude_launch_first_start_then_resume(tmp_path: Path) -> None:
@@ -157,8 +182,15 @@ async def test_claude_code_runs_as_the_session_agent(
     app = create_app(settings)
     client = await aiohttp_client(app)
     try:
+        picture = git_repo.parent / "picture.png"
+        picture.write_bytes(b"\x89PNG attached")
         session = await create_running(
-            client, git_repo, image=agent_image, no_plan_mode=True, prompt="write the file"
+            client,
+            git_repo,
+            image=agent_image,
+            no_plan_mode=True,
+            prompt="write the file",
+            image_paths=[str(picture)],
         )
         assert session["status"] == "running", session
         sid = session["id"]
@@ -167,6 +199,8 @@ async def test_claude_code_runs_as_the_session_agent(
         viewer = await open_console(client, sid, "cols=120&rows=40")
         first = (await model_server.wait_for_requests(1, timeout=90))[0]
         assert "write the file" in json.dumps(first["messages"])
+        # The attached file travels into the agent home, and the prompt says where.
+        assert f"/home/agent/{ATTACHMENTS_DIR}/1-picture.png" in json.dumps(first["messages"])
         # Without skipped permissions the TUI asks before running Bash; Enter approves.
         await viewer.until(b"proceed", timeout=60)
         waiting = await events.next("session_status", agent_state="waiting_approval")
@@ -189,7 +223,7 @@ async def test_claude_code_runs_as_the_session_agent(
         # The chat arrives on /ws/events exactly as the transcript holds it.
         prompt = await events.next("chat_message", timeout=30)
         assert prompt["message"]["role"] == "user"
-        assert prompt["message"]["content"] == "write the file"
+        assert prompt["message"]["content"].startswith("write the file\n\nAttached files")
         call = await events.next("tool_call", timeout=30)
         assert call["call"]["name"] == "Bash"
         assert call["call"]["input"]["command"] == "echo hello > /workspace/out.txt"

@@ -13,9 +13,11 @@ import os
 from pathlib import Path
 
 from daemon.agents.runner import (
+    CONTAINER_HOME,
     HOOKS_FILE,
     TERMINAL_ENV,
     AgentLaunch,
+    first_prompt,
     merge_json_file,
     shell_entry,
 )
@@ -80,7 +82,9 @@ class ClaudeRunner:
             {"hooks": {event: [{"matcher": "", "hooks": [hook]}] for event in HOOK_EVENTS}},
         )
 
-    def launch(self, record: SessionRecord, working_dir: str) -> AgentLaunch:
+    def launch(
+        self, record: SessionRecord, working_dir: str, home: str = CONTAINER_HOME
+    ) -> AgentLaunch:
         flags: list[str] = []
         if record.model:
             flags += ["--model", record.model]
@@ -92,7 +96,7 @@ class ClaudeRunner:
             ["claude", "--resume", record.id, *flags],
             ["claude", "--session-id", record.id, *flags],
         )
-        env = {**TERMINAL_ENV, **QUIET_ENV, "CORRAL_PROMPT": record.prompt}
+        env = {**TERMINAL_ENV, **QUIET_ENV, "CORRAL_PROMPT": first_prompt(record, home)}
         if self.api_key:
             env["ANTHROPIC_API_KEY"] = self.api_key
         base_url = self.settings.agents.anthropic_base_url

@@ -27,9 +27,11 @@ import os
 from pathlib import Path
 
 from daemon.agents.runner import (
+    CONTAINER_HOME,
     HOOKS_FILE,
     TERMINAL_ENV,
     AgentLaunch,
+    first_prompt,
     merge_json_file,
     shell_entry,
 )
@@ -98,13 +100,15 @@ class CodexRunner:
             {"hooks": {event: [{"matcher": "", "hooks": [hook]}] for event in HOOK_EVENTS}},
         )
 
-    def launch(self, record: SessionRecord, working_dir: str) -> AgentLaunch:
+    def launch(
+        self, record: SessionRecord, working_dir: str, home: str = CONTAINER_HOME
+    ) -> AgentLaunch:
         command = shell_entry(
             '[ -n "$(ls -A "$HOME/.codex/sessions" 2>/dev/null)" ]',
             ["codex", *_FLAGS, "resume", "--last"],
             ["codex", *_FLAGS],
         )
-        env = {**TERMINAL_ENV, "CORRAL_PROMPT": record.prompt}
+        env = {**TERMINAL_ENV, "CORRAL_PROMPT": first_prompt(record, home)}
         if self.api_key:
             env[API_KEY_ENV] = self.api_key
         return AgentLaunch(command, env)

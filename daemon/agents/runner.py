@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +16,8 @@ from daemon.store import SessionRecord
 # The agent's terminal is the container's TTY; these make the CLIs look right in xterm.js.
 TERMINAL_ENV = {"TERM": "xterm-256color", "COLORTERM": "truecolor"}
 HOOKS_FILE = ".corral/hooks.jsonl"
+ATTACHMENTS_DIR = ".corral/attachments"  # the create request's image_paths, copied here
+CONTAINER_HOME = "/home/agent"  # the agent home inside a container
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,12 @@ class AgentRunner(Protocol):
     def prepare_home(self, home: Path, record: SessionRecord, working_dir: str) -> None:
         """Seed the agent home (runs in a worker thread); never touches the worktree."""
 
-    def launch(self, record: SessionRecord, working_dir: str) -> AgentLaunch:
-        """The command that starts the agent, resuming its own conversation if it has one."""
+    def launch(
+        self, record: SessionRecord, working_dir: str, home: str = CONTAINER_HOME
+    ) -> AgentLaunch:
+        """The command that starts the agent, resuming its own conversation if it has one.
+
+        ``home`` is the agent home as the agent sees it (for the attached files' paths)."""
 
 
 def shell_entry(resume_test: str, resume: list[str], first: list[str]) -> tuple[str, ...]:
@@ -44,6 +52,39 @@ def shell_entry(resume_test: str, resume: list[str], first: list[str]) -> tuple[
         f'else exec {shlex.join(first)} "$CORRAL_PROMPT"; fi'
     )
     return ("/bin/sh", "-c", script)
+
+
+def attachment_names(image_paths: list[str]) -> list[str]:
+    """Each attached file's name in the agent home: numbered, so two ``shot.png`` differ."""
+    names = []
+    for index, path in enumerate(image_paths, start=1):
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(path).name).lstrip(".") or "file"
+        names.append(f"{index}-{safe}")
+    return names
+
+
+def copy_attachments(home: Path, image_paths: list[str]) -> None:
+    """Copy the attached files into the agent home (blocking: run it in a worker thread).
+
+    The agent sees its home but not the user's disk, so the files travel with the session;
+    a copy already there is kept (the first prompt is the one that names them).
+    """
+    target = home / ATTACHMENTS_DIR
+    for source, name in zip(image_paths, attachment_names(image_paths), strict=True):
+        destination = target / name
+        if not destination.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+
+
+def first_prompt(record: SessionRecord, home: str) -> str:
+    """The prompt, followed by where the agent finds the attached files (``home`` as it sees it)."""
+    if not record.image_paths:
+        return record.prompt
+    listed = "\n".join(
+        f"- {home}/{ATTACHMENTS_DIR}/{n}" for n in attachment_names(record.image_paths)
+    )
+    return f"{record.prompt}\n\nAttached files (read them from these paths):\n{listed}"
 
 
 def merge_json_file(path: Path, update: dict[str, Any]) -> None:

@@ -97,8 +97,12 @@ class EventClient:
 
 async def events_socket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
+    # No compression: events are small and the client is on this machine, so deflating
+    # every frame for every socket would cost CPU and save nothing.
     ws = web.WebSocketResponse(
-        heartbeat=settings.console.heartbeat_seconds, max_msg_size=MAX_CLIENT_FRAME
+        heartbeat=settings.console.heartbeat_seconds,
+        max_msg_size=MAX_CLIENT_FRAME,
+        compress=False,
     )
     await ws.prepare(request)
     connection = Connection(

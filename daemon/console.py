@@ -7,12 +7,20 @@ queue, in slices of at most 64 KiB: one event loop serves every console, and sma
 keep a flooding terminal from delaying a neighbour's keystroke echo.
 
 Resizes from several viewers: the latest one wins, as in tmux's "latest" window-size mode.
+
+A person typing comes first: while someone types into one terminal, another that floods
+(large reads, back to back) is read at a modest pace, so its output waits a little and
+the keystrokes' echo does not queue behind it for CPU. The flooding program is slowed by
+the terminal's own back-pressure, loses nothing, and runs at full speed again a second
+after the typing stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +32,9 @@ from ws.connection import Connection
 log = structlog.get_logger(__name__)
 
 SLICE_BYTES = 64 * 1024
+FLOOD_READ_BYTES = 16 * 1024  # a read this large: the terminal is pouring out output
+TYPING_SECONDS = 1.0  # how long after a keystroke a terminal counts as being typed into
+FLOOD_PACE = 2_000_000  # bytes/s a flooding terminal is read at while another is typed into
 SMALL_PIECE = 4096
 MIN_COLS, MAX_COLS = 2, 1000
 MIN_ROWS, MAX_ROWS = 2, 500
@@ -92,6 +103,22 @@ def safe_start(data: bytes, window: int = 64 * 1024) -> int:
     return 0
 
 
+class Typing:
+    """Which terminal a person typed into last, and when (shared by every attachment)."""
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+        self.at = -math.inf
+
+    def typed(self, session_id: str) -> None:
+        self.session_id, self.at = session_id, time.monotonic()
+
+    def elsewhere(self, session_id: str) -> bool:
+        """Whether someone is typing into another terminal right now."""
+        recent = time.monotonic() - self.at < TYPING_SECONDS
+        return recent and self.session_id != session_id
+
+
 def clamp_size(cols: int, rows: int) -> tuple[int, int] | None:
     """A terminal size the PTY can take, or None when it is out of any sane range."""
     if not (MIN_COLS <= cols <= MAX_COLS and MIN_ROWS <= rows <= MAX_ROWS):
@@ -110,8 +137,10 @@ class Attachment:
         *,
         buffer_bytes: int,
         on_exit: ExitCallback | None = None,
+        typing: Typing | None = None,
     ) -> None:
         self.session_id = session_id
+        self.typing = typing or Typing()
         self.backend = backend
         self.container_id = container_id
         self.buffer = RingBuffer(buffer_bytes)
@@ -148,6 +177,8 @@ class Attachment:
                         viewer.send_bytes(piece)
                     if len(chunk) > SLICE_BYTES:
                         await asyncio.sleep(0)  # let other consoles and sockets have a turn
+                if len(chunk) >= FLOOD_READ_BYTES and self.typing.elsewhere(self.session_id):
+                    await asyncio.sleep(len(chunk) / FLOOD_PACE)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -180,6 +211,7 @@ class Attachment:
         """Keystrokes from any viewer, in the order they arrive."""
         if self._stream is None or self.ended.is_set():
             raise BackendError("the session's terminal has ended")
+        self.typing.typed(self.session_id)
         async with self._input_lock:
             await self._stream.write(data)
 
@@ -214,6 +246,7 @@ class Consoles:
         self.buffer_bytes = buffer_bytes
         self.on_exit = on_exit
         self._attachments: dict[str, Attachment] = {}
+        self.typing = Typing()
         self._locks: dict[str, asyncio.Lock] = {}
 
     def get(self, session_id: str) -> Attachment | None:
@@ -239,6 +272,7 @@ class Consoles:
                 container_id,
                 buffer_bytes=self.buffer_bytes,
                 on_exit=self.on_exit,
+                typing=self.typing,
             )
             await attachment.open(replay_log=replay_log)
             self._attachments[session_id] = attachment

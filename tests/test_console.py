@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from daemon.keys import CONSOLES
 from tests.conftest import create_running
 
 pytestmark = pytest.mark.docker
@@ -277,3 +278,30 @@ async def test_stopping_session_tells_viewers_and_refuses_input(
         if viewer.closed:
             break
     assert viewer.closed
+
+
+async def test_flood_yields_to_typing_elsewhere_and_loses_nothing(
+    client: Any, git_repo: Path
+) -> None:
+    flooding = await create_running(client, git_repo, name="flooding")
+    typed = await create_running(client, git_repo, name="typed")
+    flood = await open_console(client, flooding["id"])
+    keys = await open_console(client, typed["id"])
+    await flood.run("echo ready-$((20+1))", "ready-21")
+    await keys.run("echo ready-$((20+2))", "ready-22")
+    start = len(flood.data)
+    # 3 MB of zeros: 4,000,000 base64 characters on one line, then a marker.
+    await flood.ws.send_bytes(b"head -c 3000000 /dev/zero | base64 -w0; echo; echo end-$((9*9))\r")
+    typing = client.app[CONSOLES].typing
+    turn = 0
+    while b"end-81" not in flood.data[-4096:]:
+        turn += 1
+        await keys.run(f"echo key-$((1000+{turn}))", f"key-{1000 + turn}")
+        # While someone types into "typed", the flooding terminal is the one that waits.
+        assert typing.elsewhere(flooding["id"])
+        assert not typing.elsewhere(typed["id"])
+        await flood.pump(0.05)
+        assert turn < 2000, "the flood never finished"
+    assert bytes(flood.data[start:]).count(b"A") >= 4_000_000
+    await flood.ws.close()
+    await keys.ws.close()

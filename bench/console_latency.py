@@ -26,7 +26,8 @@ Targets: corral p99 <= terminado p99 (ratio <= 1), and corral p99 - raw p99 <= 1
 both phases. p50s are reported alongside, with, for the daemon while corral's keys were
 timed, its CPU use and its run-queue wait (seconds per second it was runnable but not
 running, from /proc/<pid>/schedstat: high means the machine, not the daemon, was busy), and
-each way's flood rate.
+each way's flood rate (corral's is lower by design: while a terminal is typed into, the
+daemon reads a flooding neighbour at 2 MB/s; docs/decisions.md, "The console").
 """
 
 from __future__ import annotations

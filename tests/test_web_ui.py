@@ -8,6 +8,7 @@ main screens go to ``test-artifacts/screenshots/``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -18,11 +19,19 @@ import aiodocker
 import pytest
 from playwright.async_api import Page, expect
 
-from daemon.keys import HUB, SOCKETS
+from daemon.keys import HUB, SETTINGS, SOCKETS
 from daemon.settings import Settings
 from tests import ui_helpers
 from tests.conftest import create_running, make_repo, wait_for
-from tests.model_server import FAKE_API_KEY, ModelServer, Text, ToolUse, model_server_fixture
+from tests.model_server import (
+    FAKE_API_KEY,
+    Error,
+    Hold,
+    ModelServer,
+    Text,
+    ToolUse,
+    model_server_fixture,
+)
 from tests.ui_helpers import (
     AUTHENTICATOR,
     PageProblems,
@@ -712,3 +721,151 @@ async def test_a_long_chat_loads_its_earlier_part_on_request(
     assert await messages.all_inner_texts() == [f"m{n}" for n in range(30)]
     await expect(ui_page.get_by_role("button", name="Load earlier messages")).to_be_hidden()
     await assert_page_clean(ui_page, ui_problems)
+
+
+# --- name, description and tags --------------------------------------------------------
+
+
+async def test_edit_name_description_and_tags(
+    ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
+) -> None:
+    """The form saves what changed and the header shows it; a taken name shows the 409."""
+    await create_running(ui_server.client, git_repo, backend="local", name="taken-name")
+    session = await create_running(ui_server.client, git_repo, backend="local", name="mine")
+    sid = session["id"]
+    await open_page(ui_page, f"/#/s/{sid}/chat")
+    header = ui_page.locator(".session-header")
+    edit = ui_page.get_by_role("button", name="Edit details")
+    await expect(edit).to_have_attribute("aria-expanded", "false")
+    await edit.click()
+    await expect(edit).to_have_attribute("aria-expanded", "true")
+    form = ui_page.get_by_role("form", name="Edit name, description and tags")
+    await expect(form.get_by_label("Name", exact=True)).to_be_focused()
+    await expect(form.get_by_label("Name", exact=True)).to_have_value("mine")
+    await form.get_by_label("Description").fill("Fixes the login redirect")
+    await form.get_by_label("Tags").fill("auth, bug-fix, , auth")
+    await form.get_by_role("button", name="Save").click()
+    await expect(form).to_be_hidden()
+    await expect(edit).to_be_focused()  # focus comes back where it was
+    await expect(header.locator(".description")).to_have_text("Fixes the login redirect")
+    await expect(header.locator(".tag")).to_have_text(["auth", "bug-fix"])
+    stored = (await (await ui_server.client.get(f"/api/sessions/{sid}")).json())["session"]
+    assert (stored["name"], stored["description"], stored["tags"]) == (
+        "mine",
+        "Fixes the login redirect",
+        ["auth", "bug-fix"],
+    )
+    # The list's filter knows the new tags (the store got the daemon's answer).
+    await ui_page.locator("#session-filter").fill("bug-fix")
+    await expect(ui_page.locator(".session-item")).to_have_count(1)
+    await ui_page.locator("#session-filter").fill("")
+
+    # Another session's name: the daemon's 409 is shown and the name field is to fix.
+    await edit.click()
+    name = form.get_by_label("Name", exact=True)
+    await name.fill("taken-name")
+    await form.get_by_role("button", name="Save").click()
+    errors = ui_page.locator(".meta-errors")
+    await expect(errors).to_contain_text("a session named 'taken-name' already exists")
+    await expect(name).to_be_focused()
+    await expect(name).to_have_attribute("aria-invalid", "true")
+    await expect(form).to_be_visible()  # the edit is kept to fix
+    # A name the daemon refuses (400): its reason, field by field.
+    await name.fill("Not A Slug")
+    await expect(errors).to_be_hidden()  # the form changed: the old reason goes
+    await form.get_by_role("button", name="Save").click()
+    await expect(errors).to_contain_text("name")
+    await name.fill("renamed")
+    await form.get_by_role("button", name="Save").click()
+    await expect(ui_page.locator("#session-title")).to_have_text("renamed")
+    await expect(ui_page.locator(".session-item", has_text="renamed")).to_have_count(1)
+    assert await ui_page.title() == "renamed · corral"
+
+    # On a phone: the form fits the screen.
+    phone = ui_helpers.PHONE
+    await ui_page.set_viewport_size({"width": phone["width"], "height": phone["height"]})
+    await edit.click()
+    await expect(form).to_be_visible()
+    width = await ui_page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= phone["width"], "the page scrolls sideways on a phone"
+    await shot(ui_page, "phone-edit-details")
+    await ui_page.keyboard.press("Escape")  # Escape closes the form
+    await expect(form).to_be_hidden()
+    await assert_page_clean(ui_page, ui_problems, allow_status=(409, 400))
+
+
+async def test_regenerate_with_ai(
+    ui_page: Page,
+    ui_server: UiServer,
+    git_repo: Path,
+    ui_problems: PageProblems,
+) -> None:
+    """ai_metadata on: the button asks the scripted model, shows progress, then the answer;
+    a model failure and the daemon's 409 (turned off) are shown; off: no button."""
+    session = await create_running(ui_server.client, git_repo, backend="local", name="before")
+    sid = session["id"]
+    await ui_server.app[HUB].publish(
+        "chat_message", sid, message={"id": "u1", "role": "user", "content": "Fix the login"}
+    )
+    async with ModelServer(side_request=lambda body: False) as model:
+        section = ui_server.app[SETTINGS].metadata
+        section.ai_metadata = True
+        section.base_url = model.url
+        section.api_key = FAKE_API_KEY
+        hold = Hold()
+        model.script(
+            hold,
+            Text(
+                json.dumps(
+                    {
+                        "name": "fix-login-redirect",
+                        "description": "Repairs the redirect after sign-in.",
+                        "tags": ["auth", "bug"],
+                    }
+                )
+            ),
+            Error(400, "scripted refusal"),
+        )
+        page = ui_page
+        await open_page(page, f"/#/s/{sid}/chat")
+        regenerate = page.get_by_role("button", name="Regenerate with AI")
+        await expect(regenerate).to_be_visible()
+        await regenerate.click()
+        busy = page.get_by_role("button", name="Asking the model…")
+        await expect(busy).to_be_disabled()
+        await expect(page.locator(".meta-status")).to_contain_text("Asking the model")
+        await asyncio.wait_for(hold.reached.wait(), 10)
+        await shot(page, "regenerate-metadata")
+        hold.release()
+        await expect(page.locator("#session-title")).to_have_text("fix-login-redirect")
+        header = page.locator(".session-header")
+        await expect(header.locator(".description")).to_have_text(
+            "Repairs the redirect after sign-in."
+        )
+        await expect(header.locator(".tag")).to_have_text(["auth", "bug"])
+        await expect(regenerate).to_be_enabled()
+        await expect(regenerate).to_be_focused()  # back where it was once done
+        await expect(page.locator(".meta-status")).to_contain_text("rewritten by the model")
+        stored = (await (await ui_server.client.get(f"/api/sessions/{sid}")).json())["session"]
+        assert stored["tags"] == ["auth", "bug"]
+        assert "Fix the login" in json.dumps(model.log[0].body)
+
+        # The model fails: the daemon's 500 and its reason are shown, nothing changed.
+        await regenerate.click()
+        errors = page.locator(".meta-errors")
+        await expect(errors).to_contain_text("the metadata model")
+        await expect(errors).to_contain_text("http status")
+        await expect(page.locator("#session-title")).to_have_text("fix-login-redirect")
+
+        # Turned off since the page loaded: the 409 says so and the button goes.
+        section.ai_metadata = False
+        await regenerate.click()
+        await expect(errors).to_contain_text("AI metadata is off")
+        await expect(regenerate).to_be_hidden()
+
+        # Off from the start: a fresh page (its config says so) offers no button.
+        async with page.expect_response(lambda r: r.url.endswith("/api/config")):
+            await page.reload()
+        await expect(page.get_by_role("button", name="Edit details")).to_be_visible()
+        await expect(page.get_by_role("button", name="Regenerate with AI")).to_have_count(0)
+        await assert_page_clean(page, ui_problems, allow_status=(500, 409))

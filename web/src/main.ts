@@ -418,7 +418,7 @@ function route(): void {
     replace(main, tokensView());
     document.title = "API tokens · corral";
   } else if (r.name === "session") {
-    current = new SessionView(r.id, { store, events, navigate });
+    current = new SessionView(r.id, { store, events, navigate, aiMetadata });
     replace(main, current.element);
     current.setTab(r.tab);
     document.title = `${store.get(r.id)?.name ?? "session"} · corral`;
@@ -444,11 +444,23 @@ function route(): void {
   renderList();
 }
 
-function defaultImage(): Promise<string | null> {
+/** GET /api/config once per page (null when it could not be read). */
+function loadConfig(): Promise<Record<string, unknown> | null> {
   configCache ??= api.get<Record<string, unknown>>("/api/config").catch(() => null);
-  return configCache.then((config) => {
+  return configCache;
+}
+
+function defaultImage(): Promise<string | null> {
+  return loadConfig().then((config) => {
     const docker = config?.docker as { default_image?: string } | undefined;
     return docker?.default_image ?? null;
+  });
+}
+
+function aiMetadata(): Promise<boolean | null> {
+  return loadConfig().then((config) => {
+    const section = config?.metadata as { ai_metadata?: unknown } | undefined;
+    return typeof section?.ai_metadata === "boolean" ? section.ai_metadata : null;
   });
 }
 

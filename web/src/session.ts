@@ -15,6 +15,7 @@ import { ChatLog } from "./chat";
 import { uploadFiles } from "./create";
 import { type Children, h, relativeTime, replace, uid } from "./dom";
 import type { EventsClient } from "./events";
+import { MetadataEditor } from "./metadata";
 import type { SessionStore } from "./store";
 import { TerminalPanel, type TerminalState } from "./terminal";
 import type { Action, HealthReport, ServerEvent, Session, SessionDetail } from "./types";
@@ -42,12 +43,15 @@ export interface SessionContext {
   store: SessionStore;
   events: EventsClient;
   navigate: (hash: string) => void;
+  /** Whether the daemon offers regenerate-metadata (null: unknown). */
+  aiMetadata: () => Promise<boolean | null>;
 }
 
 export class SessionView {
   readonly element: HTMLElement;
   private readonly header: HTMLElement;
   private readonly actionBar: HTMLElement;
+  private readonly metadata: MetadataEditor;
   private readonly tabButtons = new Map<Tab, HTMLButtonElement>();
   private readonly panels = new Map<Tab, HTMLElement>();
   private readonly chat = new ChatLog();
@@ -75,6 +79,7 @@ export class SessionView {
     private readonly ctx: SessionContext,
   ) {
     this.header = h("header", { class: "session-header" });
+    this.metadata = new MetadataEditor(sessionId, ctx);
     this.actionBar = h("div", {
       class: "action-bar",
       role: "toolbar",
@@ -190,6 +195,7 @@ export class SessionView {
       "article",
       { class: "view session-view", "aria-labelledby": "session-title" },
       this.header,
+      this.metadata.element,
       this.actionBar,
       tabList,
       [...this.panels.values()],
@@ -234,6 +240,7 @@ export class SessionView {
 
   dispose(): void {
     this.disposed = true;
+    this.metadata.dispose();
     for (const stop of this.unsubscribers) stop();
     this.ctx.events.unsubscribeSession(this.sessionId);
     this.terminal?.dispose();
@@ -274,10 +281,12 @@ export class SessionView {
           ),
         );
         this.actionBar.replaceChildren();
+        this.metadata.setAvailable(false);
         this.terminal?.park("The session is gone");
       }
       return;
     }
+    this.metadata.setAvailable(true);
     this.renderHeader(session);
     const status = `${session.status}/${session.archived}/${session.health}`;
     if (status !== this.lastStatus) {
@@ -314,6 +323,13 @@ export class SessionView {
       h("a", { href: "#/", class: "back-link" }, "← Sessions"),
       h("h2", { id: "session-title" }, session.name),
       session.description ? h("p", { class: "description" }, session.description) : null,
+      session.tags.length
+        ? h(
+            "ul",
+            { class: "tags", "aria-label": "Tags" },
+            session.tags.map((tag) => h("li", { class: "tag" }, tag)),
+          )
+        : null,
       h(
         "div",
         { class: "badges" },
@@ -358,6 +374,8 @@ export class SessionView {
           )
         : null,
     );
+    // Renamed (here or elsewhere): the window's title follows.
+    document.title = `${session.name} · corral`;
     this.renderActions();
   }
 

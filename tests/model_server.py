@@ -55,6 +55,9 @@ from typing import Any, Literal, Self
 
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
+
+from daemon.settings import Settings
 
 __all__ = [
     "FAKE_API_KEY",
@@ -72,6 +75,7 @@ __all__ = [
     "is_codex_side_request",
     "is_side_request",
     "model_server_fixture",
+    "point_agents_at",
     "side_answer",
     "sse_events",
 ]
@@ -533,6 +537,16 @@ def claude_env(url: str, api_key: str = FAKE_API_KEY) -> dict[str, str]:
         "DISABLE_ERROR_REPORTING": "1",
         "DISABLE_AUTOUPDATER": "1",
     }
+
+
+def point_agents_at(settings: Settings, server: ModelServer) -> None:
+    """Daemon settings whose session agents run for real and talk only to ``server``."""
+    settings.sessions.start_agent = True
+    settings.docker.network_mode = "host"  # to reach the scripted model on 127.0.0.1
+    settings.agents.anthropic_base_url = server.url
+    settings.agents.anthropic_api_key = SecretStr(FAKE_API_KEY)
+    settings.agents.openai_base_url = f"{server.url}/v1"
+    settings.agents.openai_api_key = SecretStr(FAKE_API_KEY)
 
 
 def codex_config_toml(url: str, env_key: str = "FAKE_KEY", model: str = "gpt-5.5") -> str:

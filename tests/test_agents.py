@@ -18,7 +18,13 @@ from daemon.keys import TASKS
 from daemon.settings import Settings
 from daemon.store import SessionRecord
 from tests.conftest import create_running, sweep_containers
-from tests.model_server import FAKE_API_KEY, ModelServer, Text, ToolUse, model_server_fixture
+from tests.model_server import (
+    ModelServer,
+    Text,
+    ToolUse,
+    model_server_fixture,
+    point_agents_at,
+)
 from tests.test_console import open_console
 from tests.test_events import Events, connect
 
@@ -169,10 +175,7 @@ async def test_claude_code_runs_as_the_session_agent(
     agent_image: str,
     model_server: ModelServer,
 ) -> None:
-    settings.sessions.start_agent = True
-    settings.docker.network_mode = "host"  # to reach the scripted model on 127.0.0.1
-    settings.agents.anthropic_base_url = model_server.url
-    settings.agents.anthropic_api_key = FAKE_API_KEY  # type: ignore[assignment]
+    point_agents_at(settings, model_server)
     model_server.script(
         ToolUse("Bash", {"command": "echo hello > /workspace/out.txt", "description": "write"}),
         Text("done"),

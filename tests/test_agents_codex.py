@@ -23,13 +23,13 @@ from daemon.settings import Settings
 from daemon.store import SessionRecord
 from tests.conftest import create_running, sweep_containers
 from tests.model_server import (
-    FAKE_API_KEY,
     Hold,
     ModelServer,
     Text,
     ToolUse,
     is_codex_side_request,
     model_server_fixture,
+    point_agents_at,
     sse_events,
 )
 from tests.test_agents import recreate_and_ask
@@ -187,10 +187,7 @@ async def test_codex_runs_as_the_session_agent(
     agent_image: str,
     model_server: ModelServer,
 ) -> None:
-    settings.sessions.start_agent = True
-    settings.docker.network_mode = "host"  # to reach the scripted model on 127.0.0.1
-    settings.agents.openai_base_url = f"{model_server.url}/v1"
-    settings.agents.openai_api_key = FAKE_API_KEY  # type: ignore[assignment]
+    point_agents_at(settings, model_server)
     thinking = Hold()  # the first request waits, so the test sees the agent at work
     model_server.script(
         thinking,

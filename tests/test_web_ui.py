@@ -31,6 +31,7 @@ from tests.model_server import (
     Text,
     ToolUse,
     model_server_fixture,
+    point_agents_at,
 )
 from tests.ui_helpers import (
     AUTHENTICATOR,
@@ -521,10 +522,7 @@ async def test_real_claude_code_chat_streams_into_the_page(
 ) -> None:
     """The real Claude Code TUI against the scripted model: approve in the page's terminal,
     watch the chat stream in, answer from the composer."""
-    settings.sessions.start_agent = True
-    settings.docker.network_mode = "host"  # to reach the scripted model on 127.0.0.1
-    settings.agents.anthropic_base_url = model_server.url
-    settings.agents.anthropic_api_key = FAKE_API_KEY  # type: ignore[assignment]
+    point_agents_at(settings, model_server)
     model_server.script(
         ToolUse("Bash", {"command": "echo hello > /workspace/out.txt", "description": "write"}),
         Text("done: the file says hello"),

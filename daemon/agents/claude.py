@@ -9,19 +9,20 @@ state: the container needs no network path to the daemon.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from daemon.agents.runner import (
     CONTAINER_HOME,
-    HOOKS_FILE,
     TERMINAL_ENV,
     AgentLaunch,
+    KeyedRunner,
     first_prompt,
     merge_json_file,
     shell_entry,
+    write_hooks,
 )
-from daemon.settings import Settings
 from daemon.store import SessionRecord
 
 CLI_VERSION = "2.1.197"
@@ -45,17 +46,12 @@ def transcript_path(home: Path, session_id: str, working_dir: str) -> Path:
     return home / ".claude" / "projects" / project_dir_name(working_dir) / f"{session_id}.jsonl"
 
 
-class ClaudeRunner:
+class ClaudeRunner(KeyedRunner):
     name = "claude"
+    key_env = "ANTHROPIC_API_KEY"
 
-    def __init__(self, settings: Settings, environ: dict[str, str] | None = None) -> None:
-        self.settings = settings
-        self.environ = dict(os.environ) if environ is None else environ
-
-    @property
-    def api_key(self) -> str:
-        configured = self.settings.agents.anthropic_api_key.get_secret_value()
-        return configured or self.environ.get("ANTHROPIC_API_KEY", "")
+    def configured_key(self) -> SecretStr:
+        return self.settings.agents.anthropic_api_key
 
     def prepare_home(self, home: Path, record: SessionRecord, working_dir: str) -> None:
         (home / ".corral").mkdir(parents=True, exist_ok=True)
@@ -76,11 +72,7 @@ class ClaudeRunner:
                 },
             },
         )
-        hook = {"type": "command", "command": f'{{ cat; echo; }} >> "$HOME/{HOOKS_FILE}"'}
-        merge_json_file(
-            home / ".claude" / "settings.json",
-            {"hooks": {event: [{"matcher": "", "hooks": [hook]}] for event in HOOK_EVENTS}},
-        )
+        write_hooks(home / ".claude" / "settings.json", HOOK_EVENTS)
 
     def launch(
         self, record: SessionRecord, working_dir: str, home: str = CONTAINER_HOME
@@ -98,7 +90,7 @@ class ClaudeRunner:
         )
         env = {**TERMINAL_ENV, **QUIET_ENV, "CORRAL_PROMPT": first_prompt(record, home)}
         if self.api_key:
-            env["ANTHROPIC_API_KEY"] = self.api_key
+            env[self.key_env] = self.api_key
         base_url = self.settings.agents.anthropic_base_url
         if base_url:
             env["ANTHROPIC_BASE_URL"] = base_url

@@ -23,19 +23,19 @@ TUI in a container does not need and which delays the first prompt by about 4 s.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from daemon.agents.runner import (
     CONTAINER_HOME,
-    HOOKS_FILE,
     TERMINAL_ENV,
     AgentLaunch,
+    KeyedRunner,
     first_prompt,
-    merge_json_file,
     shell_entry,
+    write_hooks,
 )
-from daemon.settings import Settings
 from daemon.store import SessionRecord
 
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -51,17 +51,12 @@ MIGRATIONS = {
 _FLAGS = ["--no-daemon", "--dangerously-bypass-hook-trust"]
 
 
-class CodexRunner:
+class CodexRunner(KeyedRunner):
     name = "codex"
+    key_env = API_KEY_ENV
 
-    def __init__(self, settings: Settings, environ: dict[str, str] | None = None) -> None:
-        self.settings = settings
-        self.environ = dict(os.environ) if environ is None else environ
-
-    @property
-    def api_key(self) -> str:
-        configured = self.settings.agents.openai_api_key.get_secret_value()
-        return configured or self.environ.get(API_KEY_ENV, "")
+    def configured_key(self) -> SecretStr:
+        return self.settings.agents.openai_api_key
 
     def config_toml(self, record: SessionRecord, working_dir: str) -> str:
         lines = [
@@ -94,11 +89,7 @@ class CodexRunner:
         config = home / ".codex" / "config.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(self.config_toml(record, working_dir))
-        hook = {"type": "command", "command": f'{{ cat; echo; }} >> "$HOME/{HOOKS_FILE}"'}
-        merge_json_file(
-            home / ".codex" / "hooks.json",
-            {"hooks": {event: [{"matcher": "", "hooks": [hook]}] for event in HOOK_EVENTS}},
-        )
+        write_hooks(home / ".codex" / "hooks.json", HOOK_EVENTS)
 
     def launch(
         self, record: SessionRecord, working_dir: str, home: str = CONTAINER_HOME

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from daemon.settings import deep_merge
+from pydantic import SecretStr
+
+from daemon.settings import Settings, deep_merge
 from daemon.store import SessionRecord
 
 # The agent's terminal is the container's TTY; these make the CLIs look right in xterm.js.
@@ -40,6 +44,33 @@ class AgentRunner(Protocol):
         """The command that starts the agent, resuming its own conversation if it has one.
 
         ``home`` is the agent home as the agent sees it (for the attached files' paths)."""
+
+
+class KeyedRunner:
+    """What both runners hold: the settings, the environment, and the agent's API key."""
+
+    key_env: str  # the environment variable the key falls back to (and is passed in)
+
+    def __init__(self, settings: Settings, environ: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.environ = dict(os.environ) if environ is None else environ
+
+    def configured_key(self) -> SecretStr:
+        raise NotImplementedError
+
+    @property
+    def api_key(self) -> str:
+        """The configured key, else the daemon's environment's."""
+        return self.configured_key().get_secret_value() or self.environ.get(self.key_env, "")
+
+
+def write_hooks(path: Path, events: Iterable[str]) -> None:
+    """Hook every event to append its JSON to ``$HOME/HOOKS_FILE`` (Claude's and Codex's
+    hooks files share this shape); the agent's own entries are kept."""
+    hook = {"type": "command", "command": f'{{ cat; echo; }} >> "$HOME/{HOOKS_FILE}"'}
+    merge_json_file(
+        path, {"hooks": {event: [{"matcher": "", "hooks": [hook]}] for event in events}}
+    )
 
 
 def shell_entry(resume_test: str, resume: list[str], first: list[str]) -> tuple[str, ...]:

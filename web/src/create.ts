@@ -7,11 +7,11 @@
  * session runs and then given to the agent in a message (see ``deliverAttachments``).
  */
 
-import { ApiError, api, errorMessage } from "./api";
+import { api, errorMessage } from "./api";
 import { h, replace, uid } from "./dom";
 import type { SessionStore } from "./store";
 import type { BrowseResponse, Session, UploadedFile } from "./types";
-import { showError, showInfo } from "./ui";
+import { problemList, showError, showInfo } from "./ui";
 
 const MAX_REPOSITORIES = 5;
 const BROWSE_KEY = "corral.lastBrowse";
@@ -226,24 +226,10 @@ export function createView(ctx: CreateContext): HTMLElement {
   }
 
   function showErrors(error: unknown): void {
-    const items: HTMLElement[] = [];
-    if (error instanceof ApiError && Array.isArray(error.details)) {
-      for (const detail of error.details as { field?: string; message?: string }[]) {
-        items.push(
-          h(
-            "li",
-            null,
-            detail.field ? h("code", null, detail.field) : null,
-            " ",
-            detail.message ?? "",
-          ),
-        );
-      }
-    }
     replace(
       errors,
       h("p", null, h("strong", null, "The session was not created: "), errorMessage(error)),
-      items.length ? h("ul", null, items) : null,
+      problemList(error),
     );
     errors.hidden = false;
     errors.focus();

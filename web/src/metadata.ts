@@ -13,6 +13,7 @@ import { ApiError, api, errorMessage } from "./api";
 import { h, replace, uid } from "./dom";
 import type { SessionStore } from "./store";
 import type { Session } from "./types";
+import { problemList } from "./ui";
 
 export interface MetadataContext {
   store: SessionStore;
@@ -229,20 +230,6 @@ export class MetadataEditor {
   }
 
   private showErrors(context: string, error: unknown, field?: HTMLElement): void {
-    const items: HTMLElement[] = [];
-    if (error instanceof ApiError && Array.isArray(error.details)) {
-      for (const detail of error.details as { field?: string; message?: string }[]) {
-        items.push(
-          h(
-            "li",
-            null,
-            detail.field ? h("code", null, detail.field) : null,
-            " ",
-            detail.message ?? "",
-          ),
-        );
-      }
-    }
     const reason =
       error instanceof ApiError && !Array.isArray(error.details)
         ? (error.details as { reason?: unknown } | undefined)?.reason
@@ -258,7 +245,7 @@ export class MetadataEditor {
           ? h("span", { class: "reason" }, ` (${reason.replaceAll("_", " ")})`)
           : null,
       ),
-      items.length ? h("ul", null, items) : null,
+      problemList(error),
     );
     this.errors.hidden = false;
     if (field) {

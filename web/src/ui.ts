@@ -7,6 +7,20 @@ import { ApiError, errorMessage } from "./api";
 import { type Children, h, replace, uid } from "./dom";
 import type { AgentState, HealthState, SessionStatus } from "./types";
 
+// --- errors --------------------------------------------------------------------------
+
+/** The per-field problems of a 400 (PROTOCOL's details list) as a list, or null. */
+export function problemList(error: unknown): HTMLElement | null {
+  const items: HTMLElement[] = [];
+  if (error instanceof ApiError && Array.isArray(error.details)) {
+    for (const detail of error.details as { field?: string; message?: string }[]) {
+      const field = detail.field ? h("code", null, detail.field) : null;
+      items.push(h("li", null, field, " ", detail.message ?? ""));
+    }
+  }
+  return items.length ? h("ul", null, items) : null;
+}
+
 // --- notices ---------------------------------------------------------------------------
 
 let noticeArea: HTMLElement | null = null;

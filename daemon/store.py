@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
@@ -205,6 +205,7 @@ def _to_column(name: str, value: Any) -> Any:
 
 
 _EVENT_INSERT = "INSERT INTO events (session_id, seq, type, payload, timestamp) VALUES "
+_T = TypeVar("_T")
 _EVENT_ROWS_PER_INSERT = 1000  # at most; five parameters a row, within SQLite's own limit
 
 
@@ -234,6 +235,7 @@ class Store:
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._operation_kinds: dict[int, str] = {}  # open operations, for the fault hook
+        self._max_variables = 999  # SQLite's bound parameters per statement; read at open
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -251,6 +253,9 @@ class Store:
             await self._db.execute("PRAGMA foreign_keys=ON")
             await self._db.execute("PRAGMA busy_timeout=5000")
             await self._migrate()
+            self._max_variables = await self._on_thread(
+                lambda db: db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            )
         except BaseException:
             await self.close()  # an open connection's thread would keep the process alive
             raise
@@ -278,15 +283,35 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def _write(self, statements: Iterable[tuple[str, Iterable[Any]]]) -> None:
-        """Run statements in one transaction; a failure rolls back and raises StoreError."""
-        try:
-            for sql, params in statements:
-                await self.db.execute(sql, tuple(params))
-            await self.db.commit()
-        except sqlite3.Error as exc:
-            await self.db.rollback()
-            raise StoreError(f"the store could not be written: {exc}") from exc
+    async def write(self, statements: Iterable[tuple[str, Iterable[Any]]]) -> int:
+        """Run statements in one transaction; the last one's row count.
+
+        The whole transaction is one trip to the store's thread, so no other coroutine's
+        statement can land inside it (nor be rolled back or committed with it), and it
+        costs one wake-up. A failure rolls back and raises StoreError.
+        """
+        rowcount, _ = await self._transaction(statements)
+        return rowcount
+
+    async def _transaction(
+        self, statements: Iterable[tuple[str, Iterable[Any]]]
+    ) -> tuple[int, int | None]:
+        """``write``'s work: the last statement's row count and last row id."""
+        batch = [(sql, tuple(params)) for sql, params in statements]
+
+        def run(db: sqlite3.Connection) -> tuple[int, int | None]:
+            result: tuple[int, int | None] = (0, None)
+            try:
+                for sql, params in batch:
+                    cursor = db.execute(sql, params)
+                    result = (cursor.rowcount, cursor.lastrowid)
+                db.commit()
+            except sqlite3.Error as exc:
+                db.rollback()
+                raise StoreError(f"the store could not be written: {exc}") from exc
+            return result
+
+        return await self._on_thread(run)
 
     # sessions
 
@@ -304,7 +329,7 @@ class Store:
             )
         ]
         statements += self._repository_rows(record)
-        await self._write(statements)
+        await self.write(statements)
 
     def _repository_rows(self, record: SessionRecord) -> list[tuple[str, Iterable[Any]]]:
         rows: list[tuple[str, Iterable[Any]]] = [
@@ -327,7 +352,7 @@ class Store:
         if not names:
             return
         assignments = ", ".join(f"{n} = ?" for n in names)
-        await self._write(
+        await self.write(
             [
                 (
                     f"UPDATE sessions SET {assignments} WHERE id = ?",  # noqa: S608 - fixed names
@@ -337,7 +362,7 @@ class Store:
         )
 
     async def delete_session(self, session_id: str) -> None:
-        await self._write(
+        await self.write(
             [
                 ("DELETE FROM events WHERE session_id = ?", [session_id]),
                 ("DELETE FROM agent_cursors WHERE session_id = ?", [session_id]),
@@ -388,7 +413,7 @@ class Store:
         return dict(json.loads(row["cursor"])) if row else None
 
     async def save_cursor(self, session_id: str, cursor: dict[str, Any]) -> None:
-        await self._write(
+        await self.write(
             [
                 (
                     "INSERT INTO agent_cursors (session_id, cursor, updated_at) VALUES (?, ?, ?) "
@@ -415,7 +440,7 @@ class Store:
 
     async def save_reconciliation(self, session_id: str, state: dict[str, Any]) -> None:
         """Store one session's recovery state (keys: the table's columns)."""
-        await self._write(
+        await self.write(
             [
                 (
                     "INSERT INTO reconciliation (session_id, attempts, last_attempt, last_error, "
@@ -432,26 +457,20 @@ class Store:
         )  # fmt: skip
 
     async def delete_reconciliation(self, session_id: str) -> None:
-        await self._write([("DELETE FROM reconciliation WHERE session_id = ?", [session_id])])
+        await self.write([("DELETE FROM reconciliation WHERE session_id = ?", [session_id])])
 
     # operations journal
 
     async def begin_operation(self, session_id: str, kind: str, step: str) -> int:
         now = _ts(utcnow())
-        try:
-            cur = await self.db.execute(
-                "INSERT INTO operations (session_id, kind, step, state, started_at, updated_at) "
-                "VALUES (?, ?, ?, 'running', ?, ?)",
-                (session_id, kind, step, now, now),
-            )
-            await self.db.commit()
-        except sqlite3.Error as exc:
-            await self.db.rollback()
-            raise StoreError(f"the store could not be written: {exc}") from exc
-        assert cur.lastrowid is not None
-        self._operation_kinds[cur.lastrowid] = kind
+        _, op_id = await self._transaction(
+            [("INSERT INTO operations (session_id, kind, step, state, started_at, updated_at) "
+              "VALUES (?, ?, ?, 'running', ?, ?)", (session_id, kind, step, now, now))]
+        )  # fmt: skip
+        assert op_id is not None
+        self._operation_kinds[op_id] = kind
         faults.journal_step(kind, step)
-        return cur.lastrowid
+        return op_id
 
     async def record_step(
         self, op_id: int, step: str, record: SessionRecord, fields: Iterable[str]
@@ -459,7 +478,7 @@ class Store:
         """A journal step and the session's changed fields, in one transaction."""
         names = [f for f in fields if f in _SESSION_COLUMNS and f != "id"]
         assignments = ", ".join(f"{n} = ?" for n in names)
-        await self._write(
+        await self.write(
             [
                 ("UPDATE operations SET step = ?, updated_at = ? WHERE id = ?",
                  [step, _ts(utcnow()), op_id]),
@@ -470,7 +489,7 @@ class Store:
         faults.journal_step(self._operation_kinds.get(op_id, "?"), step)
 
     async def operation_step(self, op_id: int, step: str) -> None:
-        await self._write(
+        await self.write(
             [("UPDATE operations SET step = ?, updated_at = ? WHERE id = ?",
               [step, _ts(utcnow()), op_id])]
         )  # fmt: skip
@@ -479,7 +498,7 @@ class Store:
         kind = self._operation_kinds.pop(op_id, "?")
         if state == "done":
             faults.journal_step(kind, "end")
-        await self._write(
+        await self.write(
             [("UPDATE operations SET state = ?, error = ?, updated_at = ? WHERE id = ?",
               [state, error, _ts(utcnow()), op_id])]
         )  # fmt: skip
@@ -513,32 +532,23 @@ class Store:
         sqlite3 hands the GIL back and forth around every statement step, and while the
         event loop is busy each hand-back can wait out the switch interval (5 ms).
         """
+        per_insert = min(_EVENT_ROWS_PER_INSERT, self._max_variables // 5)
+        statements = []
+        for start in range(0, len(rows), per_insert):
+            chunk = rows[start : start + per_insert]
+            marks = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))  # placeholders only
+            statements.append((_EVENT_INSERT + marks, [value for row in chunk for value in row]))
+        await self.write(statements)
 
-        def write(db: sqlite3.Connection) -> None:
-            per_insert = min(
-                _EVENT_ROWS_PER_INSERT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 5
-            )
-            try:
-                for start in range(0, len(rows), per_insert):
-                    chunk = rows[start : start + per_insert]
-                    marks = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))  # placeholders only
-                    db.execute(_EVENT_INSERT + marks, [value for row in chunk for value in row])
-                db.commit()
-            except sqlite3.Error as exc:
-                db.rollback()
-                raise StoreError(f"the store could not be written: {exc}") from exc
-
-        await self._on_thread(write)
-
-    async def _on_thread(self, work: Callable[[sqlite3.Connection], None]) -> None:
+    async def _on_thread(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work`` with the sqlite3 connection on aiosqlite's own thread.
 
         aiosqlite (pinned in pyproject.toml) has no public call for this; its private
         ``_execute`` is what every one of its own methods uses.
         """
-        run: Callable[..., Awaitable[None]] = self.db._execute
+        run: Callable[..., Awaitable[_T]] = self.db._execute
         connection: sqlite3.Connection = self.db._conn
-        await run(work, connection)
+        return await run(work, connection)
 
     async def events_tail(
         self, session_id: str, limit: int, types: Iterable[str]

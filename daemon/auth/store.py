@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from daemon.store import Store, StoreError
+from daemon.store import Store
 
 
 def utcnow() -> datetime:
@@ -113,21 +113,6 @@ class AuthStore:
         async with self._store.db.execute(sql, tuple(params)) as cur:
             return list(await cur.fetchall())
 
-    async def _write(self, statements: Iterable[tuple[str, Iterable[Any]]]) -> int:
-        """Run statements in one transaction; the last one's row count is returned."""
-        db = self._store.db
-        count = 0
-        try:
-            for sql, params in statements:
-                cursor = await db.execute(sql, tuple(params))
-                count = cursor.rowcount
-                await cursor.close()
-            await db.commit()
-        except sqlite3.Error as exc:
-            await db.rollback()
-            raise StoreError(f"the store could not be written: {exc}") from exc
-        return count
-
     # users and passkeys
 
     async def user_count(self) -> int:
@@ -172,7 +157,7 @@ class AuthStore:
                  json.dumps(credential.transports), credential.name, _ts(credential.created_at)),
             )
         )  # fmt: skip
-        await self._write(statements)
+        await self._store.write(statements)
 
     async def advance_sign_count(self, credential_id: bytes, seen: int, new: int) -> bool:
         """Record a use; False when another sign-in moved the count first (a replay race).
@@ -180,7 +165,7 @@ class AuthStore:
         The count only moves from the value this sign-in was verified against, so two
         concurrent assertions checked against the same old count cannot both pass.
         """
-        changed = await self._write(
+        changed = await self._store.write(
             [
                 (
                     "UPDATE credentials SET sign_count = ?, last_used_at = ? "
@@ -195,7 +180,7 @@ class AuthStore:
 
     async def add_session(self, token_hash: str, user_id: str, now: datetime,
                           expires_at: datetime) -> None:  # fmt: skip
-        await self._write(
+        await self._store.write(
             [
                 ("DELETE FROM auth_sessions WHERE expires_at <= ?", (_ts(now),)),
                 (
@@ -215,15 +200,15 @@ class AuthStore:
         return BrowserSession(row["user_id"], datetime.fromisoformat(row["expires_at"]))
 
     async def delete_session(self, token_hash: str) -> None:
-        await self._write([("DELETE FROM auth_sessions WHERE token_hash = ?", (token_hash,))])
+        await self._store.write([("DELETE FROM auth_sessions WHERE token_hash = ?", (token_hash,))])
 
     async def purge_sessions(self, now: datetime) -> None:
-        await self._write([("DELETE FROM auth_sessions WHERE expires_at <= ?", (_ts(now),))])
+        await self._store.write([("DELETE FROM auth_sessions WHERE expires_at <= ?", (_ts(now),))])
 
     # API tokens
 
     async def add_token(self, token: ApiToken, token_hash: str) -> None:
-        await self._write(
+        await self._store.write(
             [
                 (
                     "INSERT INTO api_tokens (id, user_id, name, token_hash, hint, created_at) "
@@ -245,12 +230,12 @@ class AuthStore:
         return [_token(r) for r in rows]
 
     async def delete_token(self, user_id: str, token_id: str) -> bool:
-        deleted = await self._write(
+        deleted = await self._store.write(
             [("DELETE FROM api_tokens WHERE id = ? AND user_id = ?", (token_id, user_id))]
         )
         return deleted == 1
 
     async def touch_token(self, token_id: str, now: datetime) -> None:
-        await self._write(
+        await self._store.write(
             [("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (_ts(now), token_id))]
         )

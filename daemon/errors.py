@@ -58,6 +58,16 @@ class PayloadTooLarge(ApiError):
     code, status = "PAYLOAD_TOO_LARGE", 413
 
 
+class RateLimited(ApiError):
+    """Too many calls: the answer carries ``Retry-After`` (whole seconds)."""
+
+    code, status = "RATE_LIMITED", 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
 class BackendFailed(ApiError):
     code, status = "BACKEND_ERROR", 500
 

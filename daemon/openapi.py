@@ -22,6 +22,7 @@ _ERROR_TEXT = {
     405: "Method not allowed",
     409: "Conflict with the current state",
     413: "Body too large",
+    429: "RATE_LIMITED: too many calls from this client or in all; wait Retry-After seconds",
     500: "Backend or internal error",
     503: "The container engine does not answer",
 }
@@ -100,6 +101,13 @@ def _operation(spec: RouteSpec, components: dict[str, Any]) -> dict[str, Any]:
         operation["responses"][str(status)] = {
             "description": _ERROR_TEXT.get(status, "Error"),
             "content": {"application/json": {"schema": error_ref}},
+        }
+    if 429 in statuses:
+        operation["responses"]["429"]["headers"] = {
+            "Retry-After": {
+                "description": "Whole seconds until this client may call again.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
         }
     return operation
 

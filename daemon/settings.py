@@ -193,6 +193,20 @@ class AuthSettings(Section):
     session_hours: float = Field(
         168.0, gt=0, description="Hours a browser sign-in lasts before it must sign in again."
     )
+    ceremony_rate_per_minute: int = Field(
+        20,
+        ge=1,
+        description="Sign-in ceremony calls (login and register, begin and complete) one "
+        "client address may make a minute; over it: 429 with Retry-After.",
+    )
+    ceremony_global_rate_per_minute: int = Field(
+        60, ge=1, description="Sign-in ceremony calls all clients together may make a minute."
+    )
+    setup_token_rate_per_minute: int = Field(
+        5,
+        ge=1,
+        description="Attempts with a setup token a minute, per client and in all together.",
+    )
 
 
 class LoggingSettings(Section):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import WSServerHandshakeError
+from aiohttp import ClientSession, WSServerHandshakeError
 
 from backends.local import LocalBackend
 from daemon.app import create_app
@@ -640,3 +640,308 @@ def test_protocol_security_routes_are_served() -> None:
             assert path in served_paths, path
             for method in filter(None, methods.split("|")):
                 assert (method, path) in served, (method, path)
+
+
+# --- challenge pools and rate limits ----------------------------------------------------
+
+ROOMY = {  # limits out of the way, for the tests of what lies behind them
+    "ceremony_rate_per_minute": 100_000,
+    "ceremony_global_rate_per_minute": 100_000,
+    "setup_token_rate_per_minute": 100_000,
+}
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def auth_client(aiohttp_client: Any, tmp_path: Path, **auth: Any) -> Any:
+    app = create_app(auth_settings(tmp_path, **auth), backends={"local": LocalBackend()})
+    return await aiohttp_client(app)
+
+
+async def test_a_login_flood_does_not_evict_a_pending_registration(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """Unauthenticated login/begin calls, more than a pool holds, while the user adds a passkey."""
+    client = await auth_client(aiohttp_client, tmp_path, **ROOMY)
+    authn = SoftAuthenticator(origin=f"http://localhost:{client.port}")
+    await signed_up(client, authn)
+    begin = await client.post("/api/auth/register/begin", json={})
+    assert begin.status == 200, await begin.text()
+    options = (await begin.json())["options"]
+    async with ClientSession() as stranger:  # no cookie: an unauthenticated caller
+        for _ in range(1100):
+            url = f"http://127.0.0.1:{client.port}/api/auth/login/begin"
+            async with stranger.post(url, json={}) as flood:
+                assert flood.status == 200
+    completed = await client.post(
+        "/api/auth/register/complete", json={"credential": authn.create(options), "name": "2nd"}
+    )
+    assert completed.status == 201, await completed.text()
+    # The login pool is bounded on its own: the flood did not grow memory without end.
+    assert len(client.app[AUTH].challenges) <= 1024
+
+
+async def test_a_registration_flood_of_one_user_keeps_its_own_pool_bounded(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """The user's own newest ceremonies push out their oldest, nobody else's login."""
+    client = await auth_client(aiohttp_client, tmp_path, **ROOMY)
+    authn = SoftAuthenticator(origin=f"http://localhost:{client.port}")
+    await signed_up(client, authn)
+    forget_cookies(client)
+    login = await login_options(client)
+    await signed_in_again(client, authn)
+    for _ in range(50):
+        assert (await client.post("/api/auth/register/begin", json={})).status == 200
+    assert len(client.app[AUTH].challenges) <= 1 + 8
+    forget_cookies(client)
+    signed = await client.post("/api/auth/login/complete", json={"credential": authn.get(login)})
+    assert signed.status == 200, await signed.text()
+
+
+async def rate_limited(response: Any) -> int:
+    error = await error_of(response, 429, "RATE_LIMITED")
+    assert "try again" in error["message"]
+    return int(response.headers["Retry-After"])
+
+
+async def test_sign_in_ceremonies_are_rate_limited_per_client(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    client = await auth_client(
+        aiohttp_client, tmp_path, ceremony_rate_per_minute=4, ceremony_global_rate_per_minute=100
+    )
+    clock = FakeClock()
+    client.app[AUTH].clock = clock
+    for path in ("/api/auth/login/begin", "/api/auth/login/complete",
+                 "/api/auth/register/begin", "/api/auth/register/complete"):  # fmt: skip
+        # Whatever each answers, each counts against the same bucket.
+        response = await client.post(path, json={})
+        assert response.status != 429, path
+    for path in ("/api/auth/login/begin", "/api/auth/login/complete",
+                 "/api/auth/register/complete"):  # fmt: skip
+        wait = await rate_limited(await client.post(path, json={}))
+        assert wait == 15  # one call back every 60 / 4 seconds
+    clock.now += 14
+    await rate_limited(await client.post("/api/auth/login/begin", json={}))
+    clock.now += 1
+    assert (await client.post("/api/auth/login/begin", json={})).status == 200
+    await rate_limited(await client.post("/api/auth/login/begin", json={}))
+    clock.now += 60  # a whole window: the full allowance again
+    for _ in range(4):
+        assert (await client.post("/api/auth/login/begin", json={})).status == 200
+    await rate_limited(await client.post("/api/auth/login/begin", json={}))
+    # Other routes are not counted.
+    assert (await client.get("/api/auth/status")).status == 200
+
+
+async def test_the_global_cap_holds_every_client_together(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """A second client (another loopback source address) has its own limit, not the cap's."""
+    from aiohttp import TCPConnector
+
+    client = await auth_client(
+        aiohttp_client, tmp_path, ceremony_rate_per_minute=3, ceremony_global_rate_per_minute=5
+    )
+    client.app[AUTH].clock = FakeClock()
+    url = f"http://127.0.0.1:{client.port}/api/auth/login/begin"
+    for _ in range(3):
+        assert (await client.post("/api/auth/login/begin", json={})).status == 200
+    await rate_limited(await client.post("/api/auth/login/begin", json={}))
+    connector = TCPConnector(local_addr=("127.0.0.2", 0))
+    async with ClientSession(connector=connector) as other:
+        for _ in range(2):  # refused calls of the first client did not use up the cap
+            async with other.post(url, json={}) as response:
+                assert response.status == 200
+        async with other.post(url, json={}) as response:
+            await rate_limited(response)  # the cap, though this client made only 2
+
+
+async def test_setup_token_guesses_are_rate_limited(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await auth_client(aiohttp_client, tmp_path, setup_token_rate_per_minute=3)
+    clock = FakeClock()
+    client.app[AUTH].clock = clock
+    for index in range(3):
+        guess = {"setup_token": f"corral_setup_guess{index}"}
+        await error_of(await client.post("/api/auth/register/begin", json=guess), 401,
+                       "UNAUTHORIZED")  # fmt: skip
+    # Over the limit even the right token waits: a 429 tells a guesser nothing.
+    right = {"setup_token": setup_token(client), "username": "alice"}
+    assert await rate_limited(await client.post("/api/auth/register/begin", json=right)) == 20
+    clock.now += 20
+    begin = await client.post("/api/auth/register/begin", json=right)
+    assert begin.status == 200, await begin.text()
+    # Ceremonies without a setup token are not held to its tighter limit.
+    for _ in range(5):
+        assert (await client.post("/api/auth/login/begin", json={})).status == 200
+
+
+def test_the_openapi_document_lists_rate_limits() -> None:
+    from daemon.openapi import openapi_document
+    from daemon.routes import ROUTES
+
+    document = openapi_document(ROUTES.specs)
+    for path in ("/api/auth/login/begin", "/api/auth/login/complete",
+                 "/api/auth/register/begin", "/api/auth/register/complete"):  # fmt: skip
+        answer = document["paths"][path]["post"]["responses"]["429"]
+        assert "Retry-After" in answer["headers"]
+        assert "RATE_LIMITED" in answer["description"]
+    assert "429" not in document["paths"]["/api/sessions"]["get"]["responses"]
+
+
+# --- passkeys and signing out everywhere ------------------------------------------------
+
+
+async def second_passkey(client: Any, authn: SoftAuthenticator, name: str = "phone") -> str:
+    begin = await client.post("/api/auth/register/begin", json={})
+    options = (await begin.json())["options"]
+    completed = await client.post(
+        "/api/auth/register/complete", json={"credential": authn.create(options), "name": name}
+    )
+    assert completed.status == 201, await completed.text()
+    return str((await completed.json())["passkey"]["id"])
+
+
+async def passkeys(client: Any, **request: Any) -> list[dict[str, Any]]:
+    response = await client.get("/api/auth/passkeys", **request)
+    assert response.status == 200, await response.text()
+    return list((await response.json())["passkeys"])
+
+
+async def test_list_rename_and_delete_passkeys(client: Any, authn: SoftAuthenticator) -> None:
+    await signed_up(client, authn)
+    phone = await second_passkey(client, authn)
+    listed = await passkeys(client)
+    assert [p["name"] for p in listed] == ["laptop", "phone"]
+    assert set(listed[0]) == {"id", "name", "created_at", "last_used_at"}  # no key, no count
+    assert listed[0]["id"] == b64url(authn.passkeys[0].id)
+    assert all(p["last_used_at"] is None for p in listed)
+    forget_cookies(client)
+    options = await login_options(client)
+    signed = await client.post(
+        "/api/auth/login/complete",
+        json={"credential": authn.get(options, passkey=authn.passkeys[1])},
+    )
+    assert signed.status == 200
+    used = {p["name"]: p["last_used_at"] for p in await passkeys(client)}
+    assert used["laptop"] is None
+    assert used["phone"] is not None
+
+    renamed = await client.patch(f"/api/auth/passkeys/{phone}", json={"name": "  old phone "})
+    assert renamed.status == 200, await renamed.text()
+    assert (await renamed.json())["passkey"]["name"] == "old phone"
+    assert [p["name"] for p in await passkeys(client)] == ["laptop", "old phone"]
+    for bad in ({}, {"name": ""}, {"name": "   "}, {"name": "x" * 129}, {"name": "a\nb"},
+                {"name": "a\x00"}, {"name": "\u202eevil"}, {"name": "ok", "extra": 1}):  # fmt: skip
+        response = await client.patch(f"/api/auth/passkeys/{phone}", json=bad)
+        await error_of(response, 400, "INVALID_REQUEST")
+    for unknown in ("AAAA", "not base64!", UNKNOWN):
+        await error_of(
+            await client.patch(f"/api/auth/passkeys/{unknown}", json={"name": "x"}),
+            404,
+            "NOT_FOUND",
+        )
+        await error_of(await client.delete(f"/api/auth/passkeys/{unknown}"), 404, "NOT_FOUND")
+
+    deleted = await client.delete(f"/api/auth/passkeys/{phone}")
+    assert deleted.status == 204, await deleted.text()
+    assert [p["name"] for p in await passkeys(client)] == ["laptop"]
+    # A deleted passkey signs in no more.
+    forget_cookies(client)
+    options = await login_options(client)
+    refused = await client.post(
+        "/api/auth/login/complete",
+        json={"credential": authn.get(options, passkey=authn.passkeys[1])},
+    )
+    error = await error_of(refused, 401, "UNAUTHORIZED")
+    assert error["message"] == "unknown passkey"
+
+
+async def test_the_last_passkey_cannot_be_deleted(client: Any, authn: SoftAuthenticator) -> None:
+    await signed_up(client, authn)
+    only = b64url(authn.passkeys[0].id)
+    error = await error_of(await client.delete(f"/api/auth/passkeys/{only}"), 409, "CONFLICT")
+    assert "last passkey" in error["message"]
+    assert len(await passkeys(client)) == 1
+    forget_cookies(client)
+    await signed_in_again(client, authn)
+
+
+async def test_deleting_a_passkey_signs_out_every_other_browser(
+    client: Any, authn: SoftAuthenticator
+) -> None:
+    """A lost phone's passkey is deleted: a browser the thief signed in with it is out too."""
+    await signed_up(client, authn)
+    phone = await second_passkey(client, authn)
+    mine = client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
+    forget_cookies(client)
+    options = await login_options(client)
+    thief = await client.post(
+        "/api/auth/login/complete",
+        json={"credential": authn.get(options, passkey=authn.passkeys[1])},
+    )
+    theirs = thief.cookies[COOKIE].value
+    forget_cookies(client)
+    client.session.cookie_jar.update_cookies({COOKIE: mine})
+    secret = (await new_token(client))["secret"]
+    assert (await client.delete(f"/api/auth/passkeys/{phone}")).status == 204
+    assert (await client.get("/api/sessions")).status == 200  # the browser that deleted it
+    forget_cookies(client)
+    client.session.cookie_jar.update_cookies({COOKIE: theirs})
+    await error_of(await client.get("/api/sessions"), 401, "UNAUTHORIZED")
+    forget_cookies(client)
+    bearer = {"Authorization": f"Bearer {secret}"}
+    assert (await client.get("/api/sessions", headers=bearer)).status == 200  # tokens stay
+
+
+async def test_sign_out_everywhere_ends_every_browser_session_and_keeps_tokens(
+    client: Any, authn: SoftAuthenticator
+) -> None:
+    await signed_up(client, authn)
+    secret = (await new_token(client))["secret"]
+    cookies = [client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value]
+    for _ in range(2):  # two more browsers
+        forget_cookies(client)
+        cookies.append((await login(client, authn)).cookies[COOKIE].value)
+    answer = await client.post("/api/auth/logout-all")
+    assert answer.status == 200, await answer.text()
+    assert (await answer.json()) == {"signed_out": 3}
+    assert answer.cookies[COOKIE].value == ""
+    for cookie in cookies:
+        forget_cookies(client)
+        client.session.cookie_jar.update_cookies({COOKIE: cookie})
+        await error_of(await client.get("/api/sessions"), 401, "UNAUTHORIZED")
+    forget_cookies(client)
+    bearer = {"Authorization": f"Bearer {secret}"}
+    assert (await client.get("/api/sessions", headers=bearer)).status == 200
+    await signed_in_again(client, authn)  # the passkeys still sign in
+
+
+async def test_passkeys_and_sessions_are_managed_from_a_browser_not_with_a_token(
+    client: Any, authn: SoftAuthenticator
+) -> None:
+    """A leaked token may read the list, but cannot lock the user out or sign them out."""
+    await signed_up(client, authn)
+    phone = await second_passkey(client, authn)
+    secret = (await new_token(client))["secret"]
+    forget_cookies(client)
+    bearer = {"Authorization": f"Bearer {secret}"}
+    assert len(await passkeys(client, headers=bearer)) == 2
+    for method, path, body in (
+        ("PATCH", f"/api/auth/passkeys/{phone}", {"name": "mine now"}),
+        ("DELETE", f"/api/auth/passkeys/{phone}", None),
+        ("POST", "/api/auth/logout-all", None),
+    ):
+        response = await client.request(method, path, json=body, headers=bearer)
+        await error_of(response, 403, "FORBIDDEN")
+    await signed_in_again(client, authn)
+    assert [p["name"] for p in await passkeys(client)] == ["laptop", "phone"]

@@ -7,12 +7,35 @@ are free-form objects here and checked by py_webauthn, not by pydantic.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 USER_NAME = r"^[A-Za-z0-9._@-]{1,64}$"
+PASSKEY_NAME_MAX = 128
+
+
+def _label(value: str) -> str:
+    """A name shown in lists: trimmed, and no control or format characters.
+
+    Format characters include the bidi overrides that would make one passkey's name read
+    like another's.
+    """
+    value = value.strip()
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+        raise ValueError("control and format characters are not allowed")
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+PasskeyLabel = Annotated[str, Field(max_length=PASSKEY_NAME_MAX), AfterValidator(_label)]
 
 
 class Strict(BaseModel):
@@ -61,13 +84,34 @@ class CeremonyOptions(BaseModel):
 
 class RegisterCompleteRequest(Strict):
     credential: dict[str, Any] = Field(description="The new credential's toJSON().")
-    name: str = Field("", max_length=128, description="A label for this passkey.")
+    name: PasskeyLabel = Field("", description="A label for this passkey.")
 
 
 class PasskeyInfo(BaseModel):
     id: str = Field(description="Credential id, base64url.")
     name: str
     created_at: datetime
+    last_used_at: datetime | None = Field(
+        None, description="The last sign-in with it; null if none since it was registered."
+    )
+
+
+class PasskeyList(BaseModel):
+    passkeys: list[PasskeyInfo] = Field(description="Oldest first. No keys, no sign counts.")
+
+
+class PasskeyRenameRequest(Strict):
+    name: Annotated[PasskeyLabel, AfterValidator(_non_empty)] = Field(
+        description="The new label (trimmed; 1-128 characters, no control characters)."
+    )
+
+
+class PasskeyRenamed(BaseModel):
+    passkey: PasskeyInfo
+
+
+class SignedOut(BaseModel):
+    signed_out: int = Field(description="Browser sessions ended (this one included).")
 
 
 class RegisterResponse(BaseModel):

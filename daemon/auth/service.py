@@ -31,7 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +45,7 @@ from webauthn import (
     verify_registration_response,
 )
 from webauthn.helpers import (
+    base64url_to_bytes,
     bytes_to_base64url,
     options_to_json_dict,
     parse_authentication_credential_json,
@@ -61,6 +62,7 @@ from webauthn.helpers.structs import (
 )
 
 from daemon.auth import tokens
+from daemon.auth.limits import SignInLimits
 from daemon.auth.store import ApiToken, AuthStore, Credential, User, utcnow
 from daemon.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from daemon.log import register_secret
@@ -71,7 +73,8 @@ log = structlog.get_logger(__name__)
 
 COOKIE = "corral_session"
 CHALLENGE_SECONDS = 300.0
-MAX_PENDING = 1024
+MAX_PENDING = 1024  # sign-in challenges waiting, from anyone
+MAX_REGISTRATIONS_PER_OWNER = 8  # registrations waiting, per signed-in user or setup token
 CEREMONY_TIMEOUT_MS = 120_000
 TOKEN_TOUCH_SECONDS = 60  # last_used_at is a hint: one write a minute per token at most
 _WILDCARD = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - compared, never bound
@@ -117,42 +120,66 @@ class Pending:
     setup_token: str | None = None  # register: the setup token it was begun with
     username: str | None = None  # login: the user named at begin, if any
 
+    @property
+    def owner(self) -> str:
+        """Whose registration this is: only they can push it out of the pool."""
+        return f"user:{self.user_id}" if self.user_id is not None else "setup"
+
 
 class Challenges:
-    """Pending ceremony challenges: single use, short-lived, bounded in number."""
+    """Pending ceremony challenges: single use, short-lived, bounded in number.
+
+    Two pools, so a flood of one kind never evicts the other. Sign-in challenges are
+    handed to anyone and bounded as a whole (the oldest goes first). A registration is
+    begun only by a signed-in user or a holder of the setup token, and each of those owners
+    has room for ``per_owner`` of them: their own newest push out their own oldest, and
+    nobody else's calls touch them.
+    """
 
     def __init__(
         self,
         ttl: float = CHALLENGE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         limit: int = MAX_PENDING,
+        per_owner: int = MAX_REGISTRATIONS_PER_OWNER,
     ) -> None:
         self.ttl = ttl
         self.clock = clock  # tests move it to expire a challenge
         self.limit = limit
-        self._pending: dict[bytes, Pending] = {}
+        self.per_owner = per_owner
+        self._login: dict[bytes, Pending] = {}
+        self._register: dict[bytes, Pending] = {}
+
+    def _pool(self, kind: str) -> dict[bytes, Pending]:
+        return self._register if kind == "register" else self._login
 
     def issue(self, pending: Pending) -> bytes:
         now = self.clock()
-        for key in [k for k, p in self._pending.items() if p.expires <= now]:
-            del self._pending[key]
-        while len(self._pending) >= self.limit:
-            del self._pending[next(iter(self._pending))]  # the oldest (dicts keep order)
+        pool = self._pool(pending.kind)
+        for key in [k for k, p in pool.items() if p.expires <= now]:
+            del pool[key]
+        if pending.kind == "register":
+            mine = [k for k, p in pool.items() if p.owner == pending.owner]
+            for key in mine[: max(0, len(mine) - self.per_owner + 1)]:
+                del pool[key]  # the owner's oldest (dicts keep order)
+        else:
+            while len(pool) >= self.limit:
+                del pool[next(iter(pool))]  # the oldest
         challenge = secrets.token_bytes(32)
         pending.expires = now + self.ttl
-        self._pending[challenge] = pending
+        pool[challenge] = pending
         return challenge
 
     def take(self, challenge: bytes, kind: str) -> Pending:
-        pending = self._pending.pop(challenge, None)
-        if pending is None or pending.kind != kind:
+        pending = self._pool(kind).pop(challenge, None)
+        if pending is None:
             raise Unauthorized("unknown or already used challenge: begin the ceremony again")
         if self.clock() >= pending.expires:
             raise Unauthorized("the challenge expired: begin the ceremony again")
         return pending
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._login) + len(self._register)
 
 
 def _challenge_of(client_data_b64: object) -> bytes:
@@ -194,7 +221,10 @@ class Auth:
         self.rp_id = derive_rp_id(settings) if self.enabled else "localhost"
         self.rp_name = settings.auth.rp_name
         self.db = AuthStore(store)
-        self.challenges = Challenges()
+        # Monotonic seconds for challenges and rate limits: tests move it instead of sleeping.
+        self.clock: Callable[[], float] = time.monotonic
+        self.challenges = Challenges(clock=lambda: self.clock())
+        self.limits = SignInLimits(settings.auth, lambda: self.clock())
         self.now = now  # tests move it to expire a browser session
         self.setup_token_path: Path = settings.data_dir / "setup-token"
         self._setup_token: str | None = None
@@ -535,6 +565,59 @@ class Auth:
     async def logout(self, principal: Principal | None) -> None:
         if principal is not None and principal.via == "cookie":
             await self.db.delete_session(principal.secret_hash)
+
+    async def logout_all(self, principal: Principal) -> int:
+        """End every browser session of the user (this one too); API tokens stay."""
+        self._require_enabled()
+        self._require_browser(principal, "signing out every browser")
+        ended = await self.db.delete_sessions_of(principal.user.id)
+        log.info("signed_out_everywhere", user=principal.user.name, sessions=ended)
+        return ended
+
+    # passkeys
+
+    @staticmethod
+    def _require_browser(principal: Principal, what: str) -> None:
+        # As for adding a passkey: a leaked API token must not lock the user out.
+        if principal.via != "cookie":
+            raise Forbidden(f"{what} needs a signed-in browser, not an API token")
+
+    async def _own_passkey(self, principal: Principal, passkey_id: str) -> Credential:
+        try:
+            raw = base64url_to_bytes(passkey_id)
+        except (binascii.Error, ValueError):
+            raw = b""
+        found = await self.db.credential(raw) if raw else None
+        if found is None or found.user_id != principal.user.id:
+            raise NotFound(f"passkey '{passkey_id}' not found")
+        return found
+
+    async def list_passkeys(self, principal: Principal) -> list[Credential]:
+        self._require_enabled()
+        return await self.db.credentials_of(principal.user.id)
+
+    async def rename_passkey(self, principal: Principal, passkey_id: str, name: str) -> Credential:
+        self._require_enabled()
+        self._require_browser(principal, "renaming a passkey")
+        found = await self._own_passkey(principal, passkey_id)
+        await self.db.rename_credential(found.id, principal.user.id, name)
+        log.info("passkey_renamed", user=principal.user.name)
+        return replace(found, name=name)
+
+    async def delete_passkey(self, principal: Principal, passkey_id: str) -> None:
+        """Delete a passkey and sign out every other browser (the caller stays in)."""
+        self._require_enabled()
+        self._require_browser(principal, "deleting a passkey")
+        found = await self._own_passkey(principal, passkey_id)
+        deleted = await self.db.delete_credential(
+            found.id, principal.user.id, keep_session=principal.secret_hash
+        )
+        if not deleted:
+            raise Conflict(
+                "this is the last passkey: add another before deleting it, or nobody could "
+                "sign in again"
+            )
+        log.info("passkey_deleted", user=principal.user.name)
 
     # API tokens
 

@@ -176,6 +176,43 @@ class AuthStore:
         )
         return changed == 1
 
+    async def rename_credential(self, credential_id: bytes, user_id: str, name: str) -> bool:
+        changed = await self._store.write(
+            [
+                (
+                    "UPDATE credentials SET name = ? WHERE id = ? AND user_id = ?",
+                    (name, credential_id, user_id),
+                )
+            ]
+        )
+        return changed == 1
+
+    async def delete_credential(
+        self, credential_id: bytes, user_id: str, keep_session: str
+    ) -> bool:
+        """Delete a passkey unless it is the user's last, with every other browser session.
+
+        False when nothing was deleted. One transaction, with the
+        "not the last" condition inside each statement: two concurrent deletes of the last
+        two passkeys cannot both pass. Which passkey signed each session in is not kept, so
+        all of the user's sessions but the caller's end (a superset of that passkey's).
+        """
+        guard = (
+            "EXISTS (SELECT 1 FROM credentials WHERE id = ? AND user_id = ?) "
+            "AND (SELECT COUNT(*) FROM credentials WHERE user_id = ?) > 1"
+        )
+        guard_params = (credential_id, user_id, user_id)
+        sessions = (
+            f"DELETE FROM auth_sessions WHERE user_id = ? AND token_hash != ? AND {guard}",  # noqa: S608 - fixed text
+            (user_id, keep_session, *guard_params),
+        )
+        credential = (
+            f"DELETE FROM credentials WHERE id = ? AND user_id = ? AND {guard}",  # noqa: S608 - fixed text
+            (credential_id, user_id, *guard_params),
+        )
+        # Sessions first, while the guard still sees the passkey.
+        return await self._store.write([sessions, credential]) == 1
+
     # browser sessions
 
     async def add_session(self, token_hash: str, user_id: str, now: datetime,
@@ -201,6 +238,11 @@ class AuthStore:
 
     async def delete_session(self, token_hash: str) -> None:
         await self._store.write([("DELETE FROM auth_sessions WHERE token_hash = ?", (token_hash,))])
+
+    async def delete_sessions_of(self, user_id: str) -> int:
+        return await self._store.write(
+            [("DELETE FROM auth_sessions WHERE user_id = ?", (user_id,))]
+        )
 
     async def purge_sessions(self, now: datetime) -> None:
         await self._store.write([("DELETE FROM auth_sessions WHERE expires_at <= ?", (_ts(now),))])

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
-from pathlib import Path
+import stat
+from pathlib import Path, PurePosixPath
 
 from aiohttp import BodyPartReader, web
 
@@ -52,6 +54,13 @@ def _list_directory(request: BrowseRequest, roots: list[Path]) -> BrowseResponse
     for child in children:
         if not request.show_hidden and child.name.startswith("."):
             continue
+        # A link out of the allowed folders is listed by its name alone: looking behind
+        # it would tell whether a folder or repository exists out there.
+        if roots and child.is_symlink() and not within(child.path, roots):
+            entries.append(
+                DirectoryEntry(name=child.name, path=child.path, is_dir=False, is_git_repo=False)
+            )
+            continue
         try:
             is_dir = child.is_dir()
         except OSError:
@@ -83,27 +92,81 @@ async def browse_directory(request: web.Request) -> web.Response:
 
 
 def check_upload_name(name: str | None) -> str:
-    """A plain file name: no folders, no traversal, no NUL, not hidden from the user."""
+    """A plain, visible file name: no folders, no traversal, no NUL, no leading dot.
+
+    A dot name could replace the worktree's ``.git`` file (which then names any git
+    directory the uploader likes) or plant a ``.bashrc``-like file the user never sees.
+    """
     if not name:
         raise InvalidRequest("each file part needs a filename")
-    if "\x00" in name or "/" in name or "\\" in name or name in (".", ".."):
+    if "\x00" in name or "/" in name or "\\" in name or name.startswith("."):
         raise InvalidRequest(
-            f"invalid file name {name!r}: a plain name without folders is required",
-            [{"field": "file", "message": "no '/', '\\', NUL, '.' or '..'"}],
+            f"invalid file name {name!r}: a plain name without folders, not starting "
+            "with '.', is required",
+            [
+                {
+                    "field": "file",
+                    "message": f"refused name {name!r}: no '/', '\\', NUL or leading '.'",
+                }
+            ],
         )
     if len(name.encode()) > MAX_NAME_BYTES:
         raise InvalidRequest("file name too long")
     return name
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_target(worktree: str, subdir: str) -> int:
+    """A handle on the session's working directory, never through a symbolic link.
+
+    The worktree's own path is the daemon's (under its data dir) and opened as it is;
+    every component below it is the container's to change, so each is opened relative to
+    the one before with ``O_NOFOLLOW``. Everything the upload writes is then relative to
+    this handle: a folder swapped for a link afterwards cannot redirect it.
+    """
+    try:
+        fd = os.open(worktree, _DIR_FLAGS)
+    except FileNotFoundError as exc:
+        raise InvalidRequest("the session's working directory does not exist") from exc
+    try:
+        for part in PurePosixPath(subdir).parts:
+            if part == "..":
+                raise Forbidden("the session's working directory leaves its worktree")
+            if part in ("", ".", "/"):
+                continue
+            try:
+                inner = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError as exc:
+                raise InvalidRequest("the session's working directory does not exist") from exc
+            except OSError as exc:
+                if exc.errno == errno.ELOOP or _is_link(part, fd):
+                    raise Forbidden(
+                        f"the session's working directory is a symbolic link at {part!r}; "
+                        "uploads never follow links"
+                    ) from exc
+                raise InvalidRequest("the session's working directory is not a folder") from exc
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def _target_directory(worktree: str, subdir: str) -> Path:
-    root = Path(worktree).resolve()
-    target = (root / subdir).resolve()
-    if not target.is_relative_to(root):
-        raise Forbidden("the session's working directory leaves its worktree")
-    if not target.is_dir():
-        raise InvalidRequest("the session's working directory does not exist")
-    return target
+    """The session's working directory, checked as an upload would open it."""
+    os.close(_open_target(worktree, subdir))
+    return Path(worktree, subdir)
 
 
 @ROUTES.route(
@@ -112,10 +175,11 @@ def _target_directory(worktree: str, subdir: str) -> Path:
     "Upload files into the session's working directory",
     multipart=True,
     response=UploadResponse,
-    errors=(400, 404, 413),
+    errors=(400, 403, 404, 413),
     tags=("files",),
-    description="Plain file names only; an existing file of that name is replaced "
-    "(a symlink is replaced, never followed).",
+    description="Plain file names only, none starting with '.'; an existing file of that "
+    "name is replaced (a symlink is replaced, never followed; a folder or special file "
+    "there refuses the upload). A working directory that is a symbolic link is 403.",
 )
 async def upload(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
@@ -125,52 +189,80 @@ async def upload(request: web.Request) -> web.Response:
         raise InvalidRequest("upload needs a multipart/form-data body")
     if request.content_length is not None and request.content_length > limits.max_bytes:
         raise PayloadTooLarge(f"upload over {limits.max_bytes} bytes")
-    target = await asyncio.to_thread(
-        _target_directory, record.primary.worktree_path, record.primary.subdir
+    primary = record.primary
+    dir_fd = await asyncio.to_thread(_open_target, primary.worktree_path, primary.subdir)
+    try:
+        answers = await _receive(request, dir_fd, limits.max_bytes, limits.max_files)
+    finally:
+        os.close(dir_fd)
+    where = Path(primary.worktree_path, primary.subdir)
+    return dump(
+        UploadResponse(
+            files=[UploadedFile(name=n, path=str(where / n), size=size) for n, size in answers]
+        )
     )
+
+
+async def _receive(
+    request: web.Request, dir_fd: int, max_bytes: int, max_files: int
+) -> list[tuple[str, int]]:
+    """Write each part to a temporary file in the folder, then all of them to their names."""
     reader = await request.multipart()
-    written: list[tuple[Path, Path, UploadedFile]] = []  # temp, final, answer
+    written: list[tuple[str, str, int]] = []  # temp name, final name, size
     total = 0
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader) or part.name != "file":
                 raise InvalidRequest("only parts named 'file' are accepted")
-            if len(written) >= limits.max_files:
-                raise PayloadTooLarge(f"more than {limits.max_files} files")
+            if len(written) >= max_files:
+                raise PayloadTooLarge(f"more than {max_files} files")
             name = check_upload_name(part.filename)
-            temp = target / f".corral-upload-{secrets.token_hex(8)}"
+            # A dot name, which no upload may have, so it never meets a file of the user's.
+            temp = f".corral-upload-{secrets.token_hex(8)}"
+            fd = await asyncio.to_thread(os.open, temp, _TEMP_FLAGS, 0o666, dir_fd=dir_fd)
+            written.append((temp, name, 0))
             size = 0
-            handle = await asyncio.to_thread(open, temp, "xb")
-            written.append((temp, target / name, UploadedFile(name=name, path="", size=0)))
             try:
                 while chunk := await part.read_chunk(CHUNK):
                     size += len(chunk)
                     total += len(chunk)
-                    if total > limits.max_bytes:
-                        raise PayloadTooLarge(f"upload over {limits.max_bytes} bytes")
-                    await asyncio.to_thread(handle.write, chunk)
+                    if total > max_bytes:
+                        raise PayloadTooLarge(f"upload over {max_bytes} bytes")
+                    await asyncio.to_thread(_write_all, fd, chunk)
             finally:
-                await asyncio.to_thread(handle.close)
-            final = target / name
-            written[-1] = (temp, final, UploadedFile(name=name, path=str(final), size=size))
+                await asyncio.to_thread(os.close, fd)
+            written[-1] = (temp, name, size)
+        await asyncio.to_thread(_commit, dir_fd, [(temp, name) for temp, name, _ in written])
     except BaseException:
-        await asyncio.to_thread(_discard, [temp for temp, _, _ in written])
+        await asyncio.to_thread(_discard, dir_fd, [temp for temp, _, _ in written])
         raise
-    # Renaming over the final name replaces a symlink there instead of writing through it.
-    await asyncio.to_thread(_commit, [(temp, final) for temp, final, _ in written])
-    return dump(UploadResponse(files=[answer for _, _, answer in written]))
+    return [(name, size) for _, name, size in written]
 
 
-def _discard(paths: list[Path]) -> None:
-    for path in paths:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _discard(dir_fd: int, names: list[str]) -> None:
+    for name in names:
         with contextlib.suppress(OSError):
-            path.unlink()
+            os.unlink(name, dir_fd=dir_fd)
 
 
-def _commit(moves: list[tuple[Path, Path]]) -> None:
-    clash = [final.name for _, final in moves if final.is_dir() and not final.is_symlink()]
-    if clash:
-        _discard([temp for temp, _ in moves])
-        raise InvalidRequest(f"{clash[0]} is a directory in the working directory")
-    for temp, final in moves:
-        temp.replace(final)
+def _commit(dir_fd: int, moves: list[tuple[str, str]]) -> None:
+    """Rename every temporary file to its name, or none when one name is taken by a
+    folder or a special file (a FIFO or device is never opened, nor silently replaced).
+    A rename replaces a symlink standing at the name instead of writing through it."""
+    for _, name in moves:
+        try:
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(mode):
+            raise InvalidRequest(f"{name} is a directory in the working directory")
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise InvalidRequest(f"{name} is a special file in the working directory")
+    for temp, name in moves:
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

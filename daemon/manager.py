@@ -393,6 +393,13 @@ class SessionManager:
     ) -> list[tuple[RepositoryRequest, worktrees.RepoInfo, str]]:
         timeout = self.settings.sessions.git_timeout
         field = "repo_path" if len(requests) == 1 else "repositories.{}.path"
+        allowed = resolved_roots(self.settings.server.allowed_roots)
+        # The roots first, before git or anything else opens a path: one answer for every
+        # path outside them, whether it exists, is a repository or not (no probing).
+        given = [r.path for r in requests]
+        outside = await asyncio.to_thread(self._outside_roots, given, allowed)
+        if outside is not None:
+            raise self._outside_error(given[outside], field.format(outside))
         results = await asyncio.gather(
             *(worktrees.resolve_repository(r.path, timeout=timeout) for r in requests),
             return_exceptions=True,
@@ -408,13 +415,10 @@ class SessionManager:
                 infos.append(result)
         if problems:
             raise InvalidRequest(problems[0]["message"], problems)
-        allowed = resolved_roots(self.settings.server.allowed_roots)
-        for index, info in enumerate(infos):
-            if not within(info.root, allowed):
-                raise Forbidden(
-                    f"{info.root} is outside the folders this daemon may use",
-                    [{"field": field.format(index), "message": "outside server.allowed_roots"}],
-                )
+        # A folder inside the roots of a repository whose top level is not: the same answer.
+        roots_in = await asyncio.to_thread(self._outside_roots, [i.root for i in infos], allowed)
+        if roots_in is not None:
+            raise self._outside_error(given[roots_in], field.format(roots_in))
         roots = [i.root for i in infos]
         if len(set(roots)) != len(roots):
             raise InvalidRequest(
@@ -439,15 +443,32 @@ class SessionManager:
             resolved.append((req, info, base))
         return resolved
 
+    @staticmethod
+    def _outside_roots(paths: list[str], allowed: list[Path]) -> int | None:
+        """The index of the first absolute path outside ``allowed`` (blocking: it resolves
+        links). A relative path is left to the repository check, which refuses it unread."""
+        for index, path in enumerate(paths):
+            if Path(path).expanduser().is_absolute() and not within(path, allowed):
+                return index
+        return None
+
+    @staticmethod
+    def _outside_error(path: str, field: str) -> Forbidden:
+        return Forbidden(
+            f"{path} is outside the folders this daemon may use",
+            [{"field": field, "message": "outside server.allowed_roots"}],
+        )
+
     async def _check_image_paths(self, paths: list[str]) -> None:
         allowed = resolved_roots(self.settings.server.allowed_roots)
 
         def missing() -> list[str]:
+            # within() before is_file(): nothing outside the roots is looked at.
             return [
                 p
                 for p in paths
                 if "\x00" in p
-                or not (Path(p).is_absolute() and Path(p).is_file() and within(p, allowed))
+                or not (Path(p).is_absolute() and within(p, allowed) and Path(p).is_file())
             ]
 
         bad = await asyncio.to_thread(missing)

@@ -131,11 +131,12 @@ def _open_target(worktree: str, subdir: str) -> int:
         fd = os.open(worktree, _DIR_FLAGS)
     except FileNotFoundError as exc:
         raise InvalidRequest("the session's working directory does not exist") from exc
+    relative = PurePosixPath(subdir)
     try:
-        for part in PurePosixPath(subdir).parts:
-            if part == "..":
+        for part in relative.parts:
+            if part == ".." or relative.is_absolute():
                 raise Forbidden("the session's working directory leaves its worktree")
-            if part in ("", ".", "/"):
+            if part == ".":
                 continue
             try:
                 inner = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)

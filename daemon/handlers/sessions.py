@@ -92,10 +92,11 @@ def _remember(cache: dict[tuple[object, ...], bytes], key: tuple[object, ...], b
     body=CreateSessionRequest,
     response=SessionEnvelope,
     status=201,
-    errors=(400, 409, 413, 503),
+    errors=(400, 403, 409, 413, 503),
     tags=TAGS,
     description="Answers at once with status 'creating'; progress and the final "
-    "status arrive as session_progress and session_status events.",
+    "status arrive as session_progress and session_status events. A path outside "
+    "server.allowed_roots (when set) is 403, the same answer whether it exists or not.",
 )
 async def create_session(request: web.Request) -> web.Response:
     body = await read_body(request, CreateSessionRequest)

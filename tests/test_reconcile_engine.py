@@ -3,6 +3,12 @@
 The machine's own dockerd serves every other test, so this test runs a private one of its
 own (its own socket, data root and exec root, no bridge, no iptables), loads the busybox
 image into it and points the daemon at its socket.
+
+The private engine runs in a network namespace of its own: a dockerd started with
+``--bridge none`` deletes the ``docker0`` interface of the namespace it runs in, and in
+the host's that is the main engine's bridge (every later bridged container on the main
+engine fails with "could not find bridge docker0" until that engine restarts). The test
+checks that the main engine's bridge is still there and still starts a container.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import pytest
 from daemon.app import create_app
 from daemon.keys import TASKS
 from daemon.settings import ReconcileSettings, Settings
-from tests.conftest import create_running, wait_for
+from tests.conftest import TEST_LABEL, create_running, wait_for
 from tests.test_reconcile import FAST, health_of, subscribed, until
 
 pytestmark = pytest.mark.docker
@@ -44,8 +50,11 @@ class PrivateEngine:
 
     def start(self, timeout: float = 60) -> None:
         with self.log.open("ab") as log:
+            # unshare execs dockerd in a fresh network namespace (no --fork): the pid is
+            # dockerd's own, so stop() signals the engine itself.
             self.proc = subprocess.Popen(
-                ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
+                ["unshare", "--net",
+                 "dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
                  "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "pid"),
                  "--bridge", "none", "--iptables=false", "--ip6tables=false"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -86,6 +95,8 @@ class PrivateEngine:
 def private_engine(busybox_image: str) -> Iterator[PrivateEngine]:
     if shutil.which("dockerd") is None:
         pytest.skip("dockerd is not installed: no private engine can run")
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed: no private network namespace")
     if os.geteuid() != 0:
         pytest.skip("a private dockerd needs root here (rootless docker is not set up)")
     # Short: the engine's and containerd's unix sockets live under it (108-byte limit).
@@ -111,13 +122,44 @@ def private_engine(busybox_image: str) -> Iterator[PrivateEngine]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def assert_main_engine_bridge_works(image: str) -> None:
+    """The main engine's default bridge still exists on the host and still starts a container.
+
+    Its interface name comes from the main engine's network (the name outlives the
+    interface, so this works after the damage too).
+    """
+    name = subprocess.run(
+        ["docker", "network", "inspect", "bridge", "--format",
+         '{{index .Options "com.docker.network.bridge.name"}}'],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert name.returncode == 0, f"the main engine has no bridge network: {name.stderr}"
+    bridge = name.stdout.strip() or "docker0"
+    link = subprocess.run(["ip", "link", "show", bridge], capture_output=True, text=True)
+    assert link.returncode == 0, (
+        f"the host's {bridge} is gone ({link.stderr.strip()}): a private engine touched the "
+        "host's network namespace; only restarting the main dockerd brings it back"
+    )
+    run = subprocess.run(
+        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=reconcile-engine",
+         "--network", "bridge", image, "ip", "-4", "addr", "show", "eth0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, f"a bridged container on the main engine fails: {run.stderr}"
+    assert "inet " in run.stdout, run.stdout
+
+
 async def engine_state(client: Any) -> dict[str, Any]:
     summary = await (await client.get("/api/health")).json()
     return dict(summary["engines"]["docker"])
 
 
 async def test_engine_stopped_and_started_again_while_sessions_run(
-    aiohttp_client: Any, settings: Settings, git_repo: Path, private_engine: PrivateEngine
+    aiohttp_client: Any,
+    settings: Settings,
+    git_repo: Path,
+    private_engine: PrivateEngine,
+    busybox_image: str,
 ) -> None:
     settings.docker.url = private_engine.url
     # A stopping engine kills its containers and then, for a moment, still answers but
@@ -181,6 +223,9 @@ async def test_engine_stopped_and_started_again_while_sessions_run(
         private_engine.docker("kill", recreated["container_id"])
         await events.next("session_status", session_id=sid, health="error", timeout=5)
         assert time.monotonic() - started < 1.0
+
+        # The private engine has started twice: the main engine's network is untouched.
+        await asyncio.to_thread(assert_main_engine_bridge_works, busybox_image)
     finally:
         await client.app[TASKS].wait(timeout=30)
         await client.close()

@@ -1,4 +1,11 @@
-"""Shared fixtures: the test images, label sweeps of real containers, real git repositories."""
+"""Shared fixtures: the test images, label sweeps of real containers, real git repositories.
+
+Only tests marked ``docker`` see a Docker engine. Every other test runs with
+``DOCKER_HOST`` pointing at a socket that does not exist, as on a machine without an
+engine, so ``pytest -m "not docker"`` passes there too; a test that needs the engine
+fails here until it is marked. A test not marked ``docker`` that asks for a test image
+fails before the image is built.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,44 @@ from daemon.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_LABEL = "corral.test"
+# Where tests not marked ``docker`` find "the engine": nothing answers there.
+NO_ENGINE = "unix:///nonexistent/corral-test-not-marked-docker.sock"
+# The image of those tests' sessions: never built, so a container started with it fails.
+UNBUILT_IMAGE = "corral-test-unbuilt:mark-the-test-docker"
+IMAGE_FIXTURES = frozenset({"busybox_image", "agent_image"})
+
+
+def needs_engine(item: pytest.Item) -> bool:
+    return item.get_closest_marker("docker") is not None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    # Set around the whole protocol, not in a fixture, so module-scoped fixtures that an
+    # unmarked test sets up (a daemon serving a module's tests) see no engine either.
+    if needs_engine(item):
+        return (yield)
+    saved = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = NO_ENGINE
+    try:
+        return (yield)
+    finally:
+        if saved is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = saved
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture: an image would otherwise be built (or fail to build) first.
+    wanted = IMAGE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    if wanted and not needs_engine(item):
+        pytest.fail(
+            f"{item.nodeid} uses {', '.join(sorted(wanted))} but is not marked docker: "
+            "add @pytest.mark.docker",
+            pytrace=False,
+        )
 
 
 def _image_from_env_or_build(var: str, script: str) -> str:
@@ -98,12 +143,20 @@ def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, busybox_image: str) -> Settings:
-    """Settings for one test's daemon: its own data dir, the busybox image, no network."""
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings for one test's daemon: its own data dir, the busybox image, no network.
+
+    The image is built only for tests marked ``docker``: the others never start a
+    container, and must run where no engine can build one.
+    """
+    if needs_engine(request.node):
+        image = str(request.getfixturevalue("busybox_image"))
+    else:
+        image = UNBUILT_IMAGE
     return Settings.model_validate(
         {
             "data_dir": str(tmp_path / "data"),
-            "docker": {"default_image": busybox_image, "network_mode": "none"},
+            "docker": {"default_image": image, "network_mode": "none"},
             # The busybox image has no agent CLI: its own command (a shell) runs instead.
             "sessions": {"git_timeout": 30, "start_agent": False},
         }

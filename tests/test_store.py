@@ -96,6 +96,7 @@ async def test_interrupted_create_becomes_failed_with_reason(
     assert [op["state"] for op in ops] == ["interrupted"]
 
 
+@pytest.mark.docker
 async def test_interrupted_delete_is_finished(aiohttp_client: Any, settings: Any) -> None:
     await _seed_interrupted(settings.data_dir, SessionStatus.DELETING, "delete")
     app = create_app(settings)

@@ -82,13 +82,20 @@ class ClaudeRunner(KeyedRunner):
             flags += ["--model", record.model]
         if not record.no_plan_mode:
             flags += ["--permission-mode", "plan"]
-        transcript = f'"$HOME/.claude/projects/{project_dir_name(working_dir)}/{record.id}.jsonl"'
+        # The transcript's path holds the working directory, a folder name any repository
+        # may choose (``$(cmd)``): it reaches the shell as data in the environment.
+        transcript = f".claude/projects/{project_dir_name(working_dir)}/{record.id}.jsonl"
         command = shell_entry(
-            f"[ -s {transcript} ]",
+            '[ -s "$HOME/$CORRAL_TRANSCRIPT" ]',
             ["claude", "--resume", record.id, *flags],
             ["claude", "--session-id", record.id, *flags],
         )
-        env = {**TERMINAL_ENV, **QUIET_ENV, "CORRAL_PROMPT": first_prompt(record, home)}
+        env = {
+            **TERMINAL_ENV,
+            **QUIET_ENV,
+            "CORRAL_PROMPT": first_prompt(record, home),
+            "CORRAL_TRANSCRIPT": transcript,
+        }
         if self.api_key:
             env[self.key_env] = self.api_key
         base_url = self.settings.agents.anthropic_base_url

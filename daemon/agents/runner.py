@@ -76,7 +76,10 @@ def write_hooks(path: Path, events: Iterable[str]) -> None:
 def shell_entry(resume_test: str, resume: list[str], first: list[str]) -> tuple[str, ...]:
     """``sh -c``: resume when ``resume_test`` holds, else start fresh with the prompt.
 
-    The prompt comes from ``$CORRAL_PROMPT`` so no quoting of user text is ever needed.
+    ``resume_test`` is a fixed shell fragment, never built from data: the prompt comes
+    from ``$CORRAL_PROMPT`` and paths (which hold folder names such as ``$(cmd)``) from
+    other environment variables, so nothing a client or a repository names is ever
+    parsed by the shell. The arguments are quoted word by word.
     """
     script = (
         f"if {resume_test}; then exec {shlex.join(resume)}; "

@@ -162,7 +162,9 @@ def create_app(settings: Settings, backends: dict[str, Backend] | None = None) -
     app = web.Application(client_max_size=settings.server.max_json_bytes)
     app[SETTINGS] = settings
     app[LIST_CACHE] = {}
-    app[SOCKETS] = OpenSockets()
+    app[SOCKETS] = OpenSockets(
+        settings.server.max_websockets_per_client, settings.server.max_websockets
+    )
     if backends is not None:
         app[BACKENDS] = backends
     setup_middlewares(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from daemon.middlewares import is_loopback
 from daemon.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger(__name__)
+
+URL_PATTERN = re.compile(r"https?://[^\s,]+")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,18 +98,22 @@ def serve(args: argparse.Namespace) -> int:
     from daemon.app import create_app  # imported late: argument errors stay fast
 
     app = create_app(settings)
-    log.info(
-        "listening",
-        url=f"http://{settings.server.host}:{settings.server.port}",
-        data_dir=str(settings.data_dir),
-        version=__version__,
-    )
+
+    def listening(banner: str) -> None:
+        # aiohttp's start-up banner names each bound site with its real port (port = 0).
+        urls = URL_PATTERN.findall(banner)
+        log.info("listening", urls=urls, data_dir=str(settings.data_dir), version=__version__)
+
     web.run_app(
         app,
         host=settings.server.host,
         port=settings.server.port,
         shutdown_timeout=settings.server.shutdown_timeout,
-        print=None,
+        # aiohttp's keep-alive timer runs from the connection's start until a complete
+        # request arrives (and again between requests), and is not reset by bytes that
+        # do not finish one: so it bounds how long a client may take to send its headers.
+        keepalive_timeout=settings.server.header_timeout,
+        print=listening,
         access_log=None,
         handle_signals=True,
     )

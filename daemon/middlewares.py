@@ -1,10 +1,15 @@
-"""HTTP middlewares, outermost first: errors to PROTOCOL bodies, Host/Origin/CORS, then auth.
+"""HTTP middlewares, outermost first: errors to PROTOCOL bodies, Host and Origin, then auth.
 
 Order matters and is fixed in :func:`setup_middlewares`: the error middleware wraps
 everything so even a refused Host gets a JSON body; the Host and Origin checks run before
 any handler and before any WebSocket upgrade (PROTOCOL.md, "Security"); the auth check
 comes last, so a hostile page is refused whatever cookie its request carries. Every
 response also gets the security headers (a CSP that runs only the daemon's own scripts).
+
+One trusted origin: the daemon's own (its loopback names, the bound name and the allowed
+Host names, on the port the connection reached), plus the configured ones. Every other
+Origin, another port on this machine included, is refused whatever the method; no CORS
+header is ever sent, since the UI is served from the daemon itself (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ log = structlog.get_logger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-CORS_METHODS = "GET, POST, PATCH, PUT, DELETE, OPTIONS"
-CORS_HEADERS = "Content-Type, Authorization"
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names compared, not bound
+# Fetch metadata of a request a page on another site (or another port: same-site) made.
+FOREIGN_SITES = frozenset({"cross-site", "same-site"})
 # Only the daemon's own files run: no inline or remote script, no framing, no plugins.
 # Inline styles stay allowed: terminal renderers set them, and they cannot run code.
 CSP = (
@@ -56,7 +62,11 @@ SECURITY_HEADERS = {
 
 
 def json_error(error: ApiError) -> web.Response:
-    return web.json_response(error.body(), status=error.status)
+    response = web.json_response(error.body(), status=error.status)
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, int) and error.status in (429, 503):
+        response.headers["Retry-After"] = str(retry_after)  # RFC 9110, whole seconds
+    return response
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
@@ -118,35 +128,62 @@ def is_loopback(name: str) -> bool:
         return False
 
 
+def _normal_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+def connection_port(request: web.Request, default: int) -> int:
+    """The port this connection reached: the one actually bound, also with ``port = 0``."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return int(sockname[1])
+    return default
+
+
 class OriginPolicy:
     """Which Host headers and Origins the daemon answers; built once from the settings."""
 
     def __init__(self, settings: Settings) -> None:
         server = settings.server
+        self.port = server.port
         self.hosts = set(LOOPBACK_NAMES) | {h.lower() for h in server.allowed_hosts}
         bound = _host_name(server.host)
-        if bound not in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+        if bound not in WILDCARDS:
             self.hosts.add(bound)
-        self.origins = {o.rstrip("/").lower() for o in server.allowed_origins}
-        self.own_origin = f"http://{server.host}:{server.port}".lower()
+        self.trusted = {_normal_origin(o) for o in server.allowed_origins}
         if settings.auth.mode == "webauthn":
             # The name browsers reach the daemon by, and the origins its passkeys are for.
             self.hosts.add(derive_rp_id(settings))
-            self.origins |= {o.rstrip("/").lower() for o in settings.auth.origins}
+            self.trusted |= {_normal_origin(o) for o in settings.auth.origins}
+        # Every name the daemon answers to is its own origin on its own port; the port
+        # keeps out pages served by anything else on this machine (a dev server on :5173).
+        self.own_names = frozenset(self.hosts)
 
     def host_allowed(self, host: str | None) -> bool:
         if host is None:
             return True  # HTTP/1.0 clients; a browser always sends Host
         return _host_name(host) in self.hosts
 
-    def origin_allowed(self, origin: str) -> bool:
-        origin = origin.rstrip("/").lower()
-        if origin in self.origins or origin == self.own_origin:
+    def is_trusted(self, origin: str) -> bool:
+        """Configured explicitly (``server.allowed_origins``, ``auth.origins``)."""
+        return _normal_origin(origin) in self.trusted
+
+    def origin_allowed(self, origin: str, scheme: str, port: int) -> bool:
+        """The daemon's own origin on the port it is reached on, or a configured one."""
+        if self.is_trusted(origin):
             return True
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = urlsplit(_normal_origin(origin))
+        try:
+            origin_port = parts.port
+        except ValueError:
             return False
-        return is_loopback(parts.hostname) and parts.path == ""
+        if parts.scheme != scheme or not parts.hostname or parts.username is not None:
+            return False
+        if parts.path or parts.query or parts.fragment:
+            return False
+        if origin_port is None:
+            origin_port = 443 if scheme == "https" else 80
+        return parts.hostname in self.own_names and origin_port == port
 
 
 def _is_upgrade(request: web.Request) -> bool:
@@ -161,35 +198,23 @@ def origin_middleware(policy: OriginPolicy) -> web.middleware:  # type: ignore[v
             raise Forbidden("Host not allowed")
         origin = request.headers.get("Origin")
         unsafe = request.method not in SAFE_METHODS or _is_upgrade(request)
-        if unsafe and request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
-            # A browser that says the request comes from another site, Origin or not.
-            log.warning("cross_site_refused", path=request.path)
-            raise Forbidden("cross-site request refused")
-        if origin is not None and not policy.origin_allowed(origin):
-            if request.method not in SAFE_METHODS or _is_upgrade(request):
-                log.warning("origin_refused", origin=origin, path=request.path)
+        site = request.headers.get("Sec-Fetch-Site", "").lower()
+        navigation = request.headers.get("Sec-Fetch-Mode", "").lower() == "navigate"
+        trusted = origin is not None and policy.is_trusted(origin)
+        if site in FOREIGN_SITES and not trusted and (unsafe or not navigation):
+            # A browser says a page elsewhere made this request, Origin or not. Another
+            # port on localhost is "same-site", so that is refused too; a link to the UI
+            # (a navigation that changes nothing) still opens it.
+            log.warning("foreign_site_refused", site=site, origin=origin, path=request.path)
+            raise Forbidden(f"{site} request refused")
+        if origin is not None:
+            port = connection_port(request, policy.port)
+            if not policy.origin_allowed(origin, request.scheme, port):
+                # Reads too: a foreign page gets no answer, not even one it cannot see.
+                log.warning("origin_refused", origin=origin, path=request.path,
+                            method=request.method)  # fmt: skip
                 raise Forbidden("Origin not allowed")
-            if request.method == "OPTIONS":
-                raise Forbidden("Origin not allowed")
-            return await handler(request)  # a plain read: no CORS headers, the browser hides it
-        if origin is not None and request.method == "OPTIONS":
-            return web.Response(
-                status=204,
-                headers={
-                    "Access-Control-Allow-Origin": origin,
-                    "Access-Control-Allow-Methods": CORS_METHODS,
-                    "Access-Control-Allow-Headers": CORS_HEADERS,
-                    "Access-Control-Allow-Credentials": "true",
-                    "Access-Control-Max-Age": "600",
-                    "Vary": "Origin",
-                },
-            )
-        response = await handler(request)
-        if origin is not None and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            response.headers["Vary"] = "Origin"
-        return response
+        return await handler(request)
 
     return check_host_and_origin
 
@@ -203,7 +228,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def setup_middlewares(app: web.Application) -> None:
-    """Install the middlewares in their order: errors outermost, Host/Origin/CORS, then auth."""
+    """Install the middlewares in their order: errors outermost, Host and Origin, then auth."""
     app.middlewares.append(error_middleware)
     app.middlewares.append(origin_middleware(OriginPolicy(app[SETTINGS])))
     app.middlewares.append(auth_middleware(ROUTES))

@@ -21,6 +21,49 @@ from daemon.models import validation_details
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 
+# No request shape nests deeper than a handful of levels; a bound keeps hostile depth out
+# of the parser (whose recursion would otherwise be a 500) and of everything after it.
+MAX_JSON_DEPTH = 32
+
+
+class JsonTooDeep(ValueError):
+    """A JSON document nested deeper than :data:`MAX_JSON_DEPTH`."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether containers nest past ``limit`` levels; iterative, so any depth is safe."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def loads_json(raw: str | bytes) -> Any:
+    """``json.loads`` with the nesting bounded; every failure is a ``ValueError``.
+
+    The C parser recurses per level and raises ``RecursionError`` (not a client error to
+    Python, so a 500 or a dropped socket) long before its own limit on a 100k-deep body.
+    """
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise JsonTooDeep() from None
+    if _too_deep(data, MAX_JSON_DEPTH):
+        raise JsonTooDeep()
+    return data
+
 
 @dataclass(frozen=True)
 class RouteSpec:
@@ -79,7 +122,9 @@ async def read_body(request: web.Request, model: type[M], *, optional: bool = Fa
             return model()
         raise InvalidRequest("a JSON object body is required")
     try:
-        data = json.loads(raw)
+        data = loads_json(raw)
+    except JsonTooDeep as exc:
+        raise InvalidRequest(str(exc)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}") from exc
     if not isinstance(data, dict):

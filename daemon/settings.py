@@ -33,7 +33,8 @@ class ServerSettings(Section):
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description="Extra Origins accepted besides the daemon's own, localhost and 127.0.0.1.",
+        description="Extra Origins accepted besides the daemon's own (its names on its port); "
+        "no CORS headers are sent to any.",
     )
     allow_remote_without_auth: bool = Field(
         False, description="Dangerous: allow a non-loopback bind with auth off."
@@ -45,6 +46,16 @@ class ServerSettings(Section):
         "empty: anywhere the daemon's user can read.",
     )
     shutdown_timeout: float = Field(10.0, gt=0, description="Seconds to finish work on stop.")
+    header_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's headers, or stay idle "
+        "between requests, before it is closed.",
+    )
+    max_websockets_per_client: int = Field(
+        32, ge=1, description="Open WebSockets (events and consoles) one client address may hold."
+    )
+    max_websockets: int = Field(256, ge=1, description="Open WebSockets all clients may hold.")
 
 
 class DockerSettings(Section):

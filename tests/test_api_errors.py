@@ -242,24 +242,109 @@ async def test_hostile_origin_or_host_is_refused(
     await assert_nothing_created(client, settings)
 
 
-async def test_allowed_origins_get_cors(client: Any) -> None:
-    origin = "http://localhost:5173"
-    response = await client.get("/api/sessions", headers={"Origin": origin})
-    assert response.status == 200
-    assert response.headers["Access-Control-Allow-Origin"] == origin
-    preflight = await client.options(
-        "/api/sessions",
-        headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://localhost:5173",  # a dev server the agent started
+        "http://127.0.0.1:8080",
+        "http://[::1]:5173",
+        "https://localhost:{port}",  # the daemon serves no TLS: not its own
+        "http://127.0.0.2:{port}",  # another loopback address on our port
+        "http://localhost",
+    ],
+)
+async def test_other_local_origins_are_refused(
+    client: Any, git_repo: Path, settings: Any, origin: str
+) -> None:
+    origin = origin.format(port=client.port)
+    headers = {"Origin": origin}
+    body = {"repo_path": str(git_repo), "prompt": "x"}
+    await error_of(await client.post("/api/sessions", json=body, headers=headers), 403, "FORBIDDEN")
+    # Reads too: a foreign page gets nothing from the API, not even an answer it cannot see.
+    for path in ("/api/config", "/api/sessions"):
+        await error_of(await client.get(path, headers=headers), 403, "FORBIDDEN")
+    await assert_nothing_created(client, settings)
+
+
+async def test_own_origin_on_the_bound_port_is_accepted(client: Any, tmp_path: Path) -> None:
+    # The test server binds a free port (as port = 0 does); the settings still say 3030.
+    assert client.port != 3030
+    for name in ("127.0.0.1", "localhost", "[::1]"):
+        headers = {"Origin": f"http://{name}:{client.port}"}
+        response = await client.post(
+            "/api/browse-directory", json={"path": str(tmp_path)}, headers=headers
+        )
+        assert response.status == 200, await response.text()
+        assert "Access-Control-Allow-Origin" not in response.headers
+    configured_port = {"Origin": "http://127.0.0.1:3030"}
+    response = await client.post(
+        "/api/browse-directory", json={"path": str(tmp_path)}, headers=configured_port
     )
-    assert preflight.status == 204
-    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    await error_of(response, 403, "FORBIDDEN")
+
+
+async def test_no_cors_headers_for_anyone(aiohttp_client: Any, settings: Any) -> None:
+    settings.server.allowed_origins = ["http://localhost:5173"]
+    client = await aiohttp_client(create_app(settings))
+    for origin in ("http://localhost:5173", f"http://localhost:{client.port}"):
+        response = await client.get("/api/sessions", headers={"Origin": origin})
+        assert response.status == 200
+        assert not [h for h in response.headers if h.lower().startswith("access-control-")]
+        preflight = await client.options(
+            "/api/sessions", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+        )
+        assert preflight.status >= 400
+        assert not [h for h in preflight.headers if h.lower().startswith("access-control-")]
     refused = await client.options(
         "/api/sessions",
         headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
     )
-    assert refused.status == 403
+    await error_of(refused, 403, "FORBIDDEN")
     hostile_read = await client.get("/api/sessions", headers={"Origin": "http://evil.example"})
-    assert "Access-Control-Allow-Origin" not in hostile_read.headers
+    await error_of(hostile_read, 403, "FORBIDDEN")
+
+
+async def test_same_site_fetch_metadata_is_refused(
+    client: Any, git_repo: Path, settings: Any
+) -> None:
+    # Another port on localhost is the same site: a browser says so even without Origin.
+    body = {"repo_path": str(git_repo), "prompt": "x"}
+    for site in ("same-site", "cross-site"):
+        headers = {"Sec-Fetch-Site": site}
+        response = await client.post("/api/sessions", json=body, headers=headers)
+        await error_of(response, 403, "FORBIDDEN")
+        await error_of(await client.get("/api/config", headers=headers), 403, "FORBIDDEN")
+    await assert_nothing_created(client, settings)
+    # The UI itself, a typed address, or a link from elsewhere to the page still work.
+    for site in ("same-origin", "none"):
+        response = await client.get("/api/config", headers={"Sec-Fetch-Site": site})
+        assert response.status == 200
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    response = await client.get("/", headers=link)
+    assert response.status in (200, 503)  # 503: the UI is not built here
+
+
+async def test_requests_without_origin_keep_working(client: Any, tmp_path: Path) -> None:
+    response = await client.post("/api/browse-directory", json={"path": str(tmp_path)})
+    assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000,
+        b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"repo_path": "/x", "prompt": "x", "tags": ' + b"[" * 500 + b"]" * 500 + b"}",
+        b"{" + b'"a":{' * 50_000 + b"}" * 50_001,
+    ],
+    ids=["array", "in-a-field", "500-deep-field", "objects"],
+)
+async def test_deeply_nested_json_is_a_client_error(client: Any, settings: Any, raw: bytes) -> None:
+    for path in ("/api/sessions", "/api/browse-directory", f"/api/sessions/{UNKNOWN}/message"):
+        response = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
+        error = await error_of(response, 400, "INVALID_REQUEST")
+        assert "nested" in error["message"], error
+    await assert_nothing_created(client, settings)
 
 
 def raw_multipart(filename: str, content: bytes) -> tuple[bytes, str]:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
 from aiohttp import WSCloseCode, web
+
+from daemon.errors import ApiError
 
 log = structlog.get_logger(__name__)
 
@@ -228,11 +231,50 @@ class Connection:
 _CLOSERS: set[asyncio.Task[Any]] = set()
 
 
-class OpenSockets:
-    """Every open WebSocket, so shutdown can tell each one the daemon is going away."""
+class TooManySockets(ApiError):
+    """A WebSocket refused before its upgrade: one client, or all, hold too many."""
 
-    def __init__(self) -> None:
+    retry_after = 5  # seconds; sockets free up as their clients close them
+
+    def __init__(self, message: str, *, everyone: bool) -> None:
+        super().__init__(message)
+        # 429 names the client as the cause; 503 says the daemon is full for everyone.
+        self.code, self.status = ("SERVER_BUSY", 503) if everyone else ("RATE_LIMITED", 429)
+
+
+class OpenSockets:
+    """Every open WebSocket, so shutdown can tell each one the daemon is going away.
+
+    It also bounds them, per client address and in all, across ``/ws/events`` and
+    ``/ws/console``: a handler takes a :meth:`slot` before its upgrade and holds it while
+    the socket is open, so a flood of sockets is refused with a JSON error, not served.
+    """
+
+    def __init__(self, per_client: int = 32, total: int = 256) -> None:
+        self.per_client = per_client
+        self.total = total
         self._open: set[web.WebSocketResponse] = set()
+        self._held: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def slot(self, client: str | None) -> Iterator[None]:
+        """Hold one socket's place for ``client`` (its address); raise when there is none."""
+        key = client or "unknown"
+        if sum(self._held.values()) >= self.total:
+            log.warning("websocket_refused", client=key, reason="total", limit=self.total)
+            raise TooManySockets(f"too many open WebSockets ({self.total})", everyone=True)
+        if self._held[key] >= self.per_client:
+            log.warning("websocket_refused", client=key, reason="client", limit=self.per_client)
+            raise TooManySockets(
+                f"too many open WebSockets from this client ({self.per_client})", everyone=False
+            )
+        self._held[key] += 1
+        try:
+            yield
+        finally:
+            self._held[key] -= 1
+            if self._held[key] <= 0:
+                del self._held[key]
 
     def add(self, ws: web.WebSocketResponse) -> None:
         self._open.add(ws)

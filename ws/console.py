@@ -7,7 +7,6 @@ attachment, and the agent, go on.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
@@ -17,6 +16,7 @@ from backends.base import BackendError
 from daemon.console import Attachment, clamp_size
 from daemon.keys import CONSOLES, MANAGER, SETTINGS, SOCKETS
 from daemon.models import SessionStatus
+from daemon.routes import JsonTooDeep, loads_json
 from ws.connection import Connection
 
 log = structlog.get_logger(__name__)
@@ -59,6 +59,12 @@ async def _attachment_for(request: web.Request, session_id: str) -> Attachment |
 
 
 async def console_socket(request: web.Request) -> web.WebSocketResponse:
+    # The slot is taken before the upgrade, so a client over its bound gets a JSON 429.
+    with request.app[SOCKETS].slot(request.remote):
+        return await _console(request)
+
+
+async def _console(request: web.Request) -> web.WebSocketResponse:
     session_id = request.match_info["session_id"]
     settings = request.app[SETTINGS].console
     # No compression: terminal output is high-volume and latency-sensitive.
@@ -121,8 +127,11 @@ async def _keystrokes(attachment: Attachment, viewer: Connection, data: bytes) -
 
 async def _control(attachment: Attachment, viewer: Connection, text: str) -> None:
     try:
-        message: Any = json.loads(text)
-    except json.JSONDecodeError:
+        message: Any = loads_json(text)
+    except JsonTooDeep as exc:
+        viewer.send_json({"type": "error", "message": str(exc)})  # the socket stays open
+        return
+    except ValueError:
         viewer.send_json({"type": "error", "message": "control frames must be JSON"})
         return
     kind = message.get("type") if isinstance(message, dict) else None

@@ -21,6 +21,7 @@ from daemon.errors import ApiError
 from daemon.hub import Event
 from daemon.keys import HUB, MANAGER, SETTINGS, SOCKETS, STORE
 from daemon.manager import SessionManager
+from daemon.routes import JsonTooDeep, loads_json
 from ws.connection import Connection
 
 log = structlog.get_logger(__name__)
@@ -96,6 +97,12 @@ class EventClient:
 
 
 async def events_socket(request: web.Request) -> web.WebSocketResponse:
+    # The slot is taken before the upgrade, so a client over its bound gets a JSON 429.
+    with request.app[SOCKETS].slot(request.remote):
+        return await _events(request)
+
+
+async def _events(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     # No compression: events are small and the client is on this machine, so deflating
     # every frame for every socket would cost CPU and save nothing.
@@ -136,8 +143,11 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
 
 async def _handle(request: web.Request, client: EventClient, text: str) -> None:
     try:
-        message: Any = json.loads(text)
-    except json.JSONDecodeError:
+        message: Any = loads_json(text)
+    except JsonTooDeep as exc:
+        client.error("INVALID_REQUEST", str(exc))  # the socket stays open
+        return
+    except ValueError:
         client.error("INVALID_REQUEST", "messages must be JSON objects")
         return
     if not isinstance(message, dict):

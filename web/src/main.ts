@@ -168,7 +168,7 @@ function renderAccount(): void {
   replace(
     accountArea,
     auth.user ? h("span", { class: "muted user" }, auth.user) : null,
-    h("a", { href: "#/tokens", class: "button plain" }, "API tokens"),
+    h("a", { href: "#/tokens", class: "button plain" }, "Passkeys and API tokens"),
     out,
   );
 }
@@ -416,7 +416,7 @@ function route(): void {
     document.title = "New session · corral";
   } else if (r.name === "tokens") {
     replace(main, tokensView());
-    document.title = "API tokens · corral";
+    document.title = "Passkeys and API tokens · corral";
   } else if (r.name === "session") {
     current = new SessionView(r.id, { store, events, navigate, aiMetadata });
     replace(main, current.element);

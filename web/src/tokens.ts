@@ -1,10 +1,12 @@
 /**
  * API tokens (with auth on): list, create (the secret is shown once, the daemon keeps only
  * its hash) and revoke. Tokens let scripts and the CLI use the API as the signed-in user.
+ * The same view shows the user's passkeys first (passkeys.ts).
  */
 
 import { api } from "./api";
 import { h, relativeTime, replace, uid } from "./dom";
+import { passkeysSection } from "./passkeys";
 import { confirmDialog, showError, showInfo } from "./ui";
 
 interface TokenInfo {
@@ -176,6 +178,7 @@ export function tokensView(): HTMLElement {
   return h(
     "div",
     { class: "view tokens-view" },
+    passkeysSection(),
     h("h2", null, "API tokens"),
     h("p", { class: "muted" }, "Tokens let scripts and the command line use the API as you."),
     form,

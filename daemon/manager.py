@@ -63,7 +63,7 @@ from daemon.models import (
 )
 from daemon.names import generate_name
 from daemon.settings import Settings
-from daemon.store import SessionRecord, Store, StoreError, utcnow
+from daemon.store import SessionRecord, Store, StoreError, creation_time, utcnow
 from daemon.tasks import TaskSupervisor
 
 log = structlog.get_logger(__name__)
@@ -319,7 +319,7 @@ class SessionManager:
             else:
                 await self._check_name_free(name, resolved)
             await self._check_engine(backend)
-            now = utcnow()
+            now = creation_time()  # sub-second and increasing: the list's order
             record = SessionRecord(
                 id=str(uuid.uuid4()),
                 name=name,

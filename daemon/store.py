@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -143,6 +144,27 @@ MIGRATIONS: list[str] = [
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+_last_created = datetime.min.replace(tzinfo=UTC)
+_created_lock = threading.Lock()
+
+
+def creation_time() -> datetime:
+    """A session's creation time: to the microsecond, and later than every one before it
+    in this process, so sessions made in the same second list newest first (the list is
+    ordered by it) even when the clock is coarse or steps back.
+
+    Never on a whole second: that prints without a fraction ("...:05Z") and as text would
+    sort after its own second's fractions ("...:05.2Z"), and clients compare the text.
+    """
+    global _last_created
+    with _created_lock:
+        now = max(datetime.now(UTC), _last_created + timedelta(microseconds=1))
+        if now.microsecond == 0:
+            now += timedelta(microseconds=1)
+        _last_created = now
+        return now
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -388,7 +410,8 @@ class Store:
                     )
                 )
         records = []
-        async with self.db.execute("SELECT * FROM sessions ORDER BY created_at") as cur:
+        # rowid breaks ties in the order rows were made (older rows have whole seconds).
+        async with self.db.execute("SELECT * FROM sessions ORDER BY created_at, rowid") as cur:
             async for row in cur:
                 data = _session_data(row)
                 records.append(SessionRecord(**data, repositories=repos.get(row["id"], [])))

@@ -396,10 +396,10 @@ class SessionManager:
         allowed = resolved_roots(self.settings.server.allowed_roots)
         # The roots first, before git or anything else opens a path: one answer for every
         # path outside them, whether it exists, is a repository or not (no probing).
-        given = [r.path for r in requests]
-        outside = await asyncio.to_thread(self._outside_roots, given, allowed)
+        paths = [r.path for r in requests]
+        outside = await asyncio.to_thread(self._outside_roots, paths, allowed)
         if outside is not None:
-            raise self._outside_error(given[outside], field.format(outside))
+            raise self._outside_error(paths[outside], field.format(outside))
         results = await asyncio.gather(
             *(worktrees.resolve_repository(r.path, timeout=timeout) for r in requests),
             return_exceptions=True,
@@ -418,7 +418,7 @@ class SessionManager:
         # A folder inside the roots of a repository whose top level is not: the same answer.
         roots_in = await asyncio.to_thread(self._outside_roots, [i.root for i in infos], allowed)
         if roots_in is not None:
-            raise self._outside_error(given[roots_in], field.format(roots_in))
+            raise self._outside_error(paths[roots_in], field.format(roots_in))
         roots = [i.root for i in infos]
         if len(set(roots)) != len(roots):
             raise InvalidRequest(

@@ -205,7 +205,8 @@ def origin_middleware(policy: OriginPolicy) -> web.middleware:  # type: ignore[v
             # A browser says a page elsewhere made this request, Origin or not. Another
             # port on localhost is "same-site", so that is refused too; a link to the UI
             # (a navigation that changes nothing) still opens it.
-            log.warning("foreign_site_refused", site=site, origin=origin, path=request.path)
+            log.warning("foreign_site_refused", site=site, origin=origin, path=request.path,
+                        method=request.method)  # fmt: skip
             raise Forbidden(f"{site} request refused")
         if origin is not None:
             port = connection_port(request, policy.port)

@@ -46,6 +46,7 @@ from daemon.errors import (
     InvalidRequest,
     SessionNotFound,
 )
+from daemon.git_mounts import GitWorktree, git_mounts
 from daemon.health import Observation, Recovery, report, stored_health
 from daemon.hub import EventHub
 from daemon.models import (
@@ -585,13 +586,13 @@ class SessionManager:
 
     def _spec(self, record: SessionRecord) -> ContainerSpec:
         mounts: list[Mount] = []
-        git_dirs: set[str] = set()
+        git_repos: list[GitWorktree] = []
         for repo in record.repositories:
             target = CONTAINER_WORKSPACE if repo.is_primary else f"/repos/{repo.mount_name}"
             mounts.append(Mount(repo.worktree_path, target))
-            # The worktree's .git file names the main repository's .git by its host path.
-            git_dirs.add(str(Path(repo.path) / ".git"))
-        mounts += [Mount(d, d) for d in sorted(git_dirs)]
+            git_repos.append(GitWorktree(repo.path, repo.worktree_path, target))
+        # The main .git read-only, but where this session's work lands (daemon/git_mounts.py).
+        mounts += git_mounts(git_repos)
         mounts.append(Mount(str(self.agent_home(record.id)), CONTAINER_HOME))
         subdir = record.primary.subdir
         docker = self.settings.docker
@@ -630,7 +631,8 @@ class SessionManager:
         if not new_session:  # a new session has no container to sweep, its home is ready
             await self._remove_containers(record)
             await self._prepare_home(record)
-        info = await backend.create(self._spec(record))
+        # In a thread: the git mounts read and create folders in the repositories.
+        info = await backend.create(await asyncio.to_thread(self._spec, record))
         record.container_id = info.id
         await self.save(record, "container_id")
         await op.step("start", "Starting the container")

@@ -187,13 +187,13 @@ class OrphanSweeper:
                 ),
                 True,
             )
+        # The folder's .git file is container-written: it only suggests a repository, which
+        # must list the folder as its worktree; git then runs on the directories it names.
+        untrusted = [str(self.manager.settings.data_dir)]
         try:
-            common = await worktrees.run_git(
-                "rev-parse", "--path-format=absolute", "--git-common-dir", cwd=folder,
-                timeout=timeout,
-            )  # fmt: skip
+            dirs = await worktrees.locate_worktree(folder, untrusted=untrusted)
             branch = await worktrees.run_git(
-                "rev-parse", "--abbrev-ref", "HEAD", cwd=folder, timeout=timeout
+                "rev-parse", "--abbrev-ref", "HEAD", cwd=folder, timeout=timeout, dirs=dirs
             )
         except worktrees.GitError as exc:
             return (
@@ -204,21 +204,19 @@ class OrphanSweeper:
                 ),
                 True,
             )
-        common_dir = Path(common.strip())
-        repo = str(common_dir.parent if common_dir.name == ".git" else common_dir)
+        repo = dirs.repository
         head = branch.strip()
         try:
             if head != "HEAD":
-                work = await worktrees.unsaved_work(folder, head, timeout, repo_root=repo)
+                work = await worktrees.unsaved_work(
+                    folder, head, timeout, repo_root=repo, untrusted=untrusted
+                )
                 uncommitted, unique = len(work.uncommitted), work.unique_commits
             else:  # detached: what HEAD reaches that no branch, remote or tag does
-                status = await worktrees.run_git(
-                    "status", "--porcelain", cwd=folder, timeout=timeout
-                )
-                uncommitted = len([line for line in status.splitlines() if line])
+                uncommitted = len(await worktrees.uncommitted_files(dirs, timeout))
                 count = await worktrees.run_git(
                     "rev-list", "--count", "HEAD", "--not", "--branches", "--remotes", "--tags",
-                    cwd=folder, timeout=timeout,
+                    cwd=folder, timeout=timeout, dirs=dirs,
                 )  # fmt: skip
                 unique = int(count.strip() or 0)
         except (worktrees.GitError, ValueError) as exc:

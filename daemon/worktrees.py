@@ -6,6 +6,13 @@ a worktree or branch holds work that exists nowhere else, so that no operation
 ever loses a commit. Git runs as a subprocess on the event loop (never a shell,
 never a blocking call), each call bounded by a timeout after which git and
 everything it started (hooks, aliases, credential helpers) are killed.
+
+A session's container can write into its worktree and into parts of the repository's
+``.git`` (see ``daemon/git_mounts.py``). Host git therefore never executes anything such a
+container could have written: every call goes through :func:`_run`, which turns off hooks,
+fsmonitor, system and global config, pagers, editors, prompts, transports and submodule
+recursion; and calls on a session's worktree name its git directories explicitly, found
+from the main repository's own records, never from the worktree's ``.git`` file.
 """
 
 # Every public call takes a per-call timeout on purpose: on expiry git's whole process
@@ -17,29 +24,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
+import stat
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import structlog
 
 __all__ = [
+    "GitDirs",
     "GitError",
     "InvalidRepository",
     "RepoInfo",
     "UnsavedWork",
     "add_worktree",
+    "admin_dir_of",
     "archive_branch",
     "branch_exists",
+    "common_dir_of",
+    "locate_worktree",
     "prune",
     "ref_exists",
     "remove_worktree",
     "reset_branch",
     "resolve_repository",
     "run_git",
+    "uncommitted_files",
     "unsaved_work",
     "worktree_is_registered",
 ]
@@ -52,18 +67,80 @@ _KILL_GRACE = 5.0
 # Enough of git's stderr to explain a failure without flooding logs or API answers.
 _DETAILS_LIMIT = 4000
 
-# Variables that would point git at some other repository than the one we name
-# (set, for instance, when the daemon is started from inside a git hook).
-_REPO_LOCATION_VARS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_COMMON_DIR",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
+# From the daemon's own environment, only these GIT_* variables reach git: who commits
+# and where discovery stops. Every other one (GIT_DIR, GIT_CONFIG_*, GIT_SSH_COMMAND,
+# GIT_EXTERNAL_DIFF, ...) would point git at another repository or name a program.
+_KEPT_GIT_VARS = frozenset(
+    {
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_AUTHOR_DATE",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+        "GIT_COMMITTER_DATE",
+        "GIT_CEILING_DIRECTORIES",
+    }
 )
+
+# Nothing can ever be created under /dev/null, so as a hooks folder it holds no hook, and
+# as a config file it is empty; no folder of ours to create, protect or clean up.
+_NO_HOOKS = os.devnull
+_EMPTY_CONFIG = os.devnull
+
+# Command-line config outranks every config file, so these hold whatever a repository's
+# config says. Each names a program git could run, or a way to reach one. Keys git offers
+# no neutral value for (diff.external: an empty one is run as a command) are left alone:
+# only porcelain diff and log -p use them, and the daemon runs neither. Drivers named per
+# attribute (filter.<name>.*, diff.<name>.*, merge.<name>.*) are defined only in config,
+# and every config git reads here is read-only to containers: they are the user's own.
+_SAFE_CONFIG = (
+    ("core.hooksPath", _NO_HOOKS),
+    ("core.fsmonitor", "false"),
+    # The index extension is container-written; do not trust or write it.
+    ("core.untrackedCache", "false"),
+    ("core.pager", "cat"),
+    ("core.editor", ":"),
+    ("sequence.editor", ":"),
+    ("core.askPass", ""),
+    ("core.sshCommand", "false"),
+    ("core.alternateRefsCommand", ""),
+    ("credential.helper", ""),
+    # The daemon never fetches or pushes; a lazy fetch of a partial clone, a submodule
+    # or a remote helper must not run anything either.
+    ("protocol.allow", "never"),
+    *((f"protocol.{name}.allow", "never") for name in ("ext", "file", "ssh", "git", "http")),
+    ("protocol.https.allow", "never"),
+    # A submodule's .git inside a worktree is container-controlled: git must never run
+    # inside it (status would, to see whether it is dirty).
+    ("submodule.recurse", "false"),
+    ("diff.ignoreSubmodules", "all"),
+    ("status.submoduleSummary", "false"),
+    ("fetch.recurseSubmodules", "false"),
+    ("commit.gpgSign", "false"),
+    ("tag.gpgSign", "false"),
+    ("log.showSignature", "false"),
+    ("gpg.program", "false"),
+    ("gpg.openpgp.program", "false"),
+    ("gpg.x509.program", "false"),
+    ("gpg.ssh.program", "false"),
+    # No background gc or maintenance started by a daemon call.
+    ("gc.auto", "0"),
+    ("maintenance.auto", "false"),
+    # A bare repository planted inside a worktree is not picked up by discovery.
+    ("safe.bareRepository", "explicit"),
+)
+_SAFE_ARGS = tuple(arg for key, value in _SAFE_CONFIG for arg in ("-c", f"{key}={value}"))
+
+# Settings carried over from the user's own global and system config, which the clean
+# config above replaces: each is data (paths), never a program.
+_CARRIED_KEYS = ("safe.directory", "core.excludesFile")
+_carried: tuple[str, ...] | None = None
+_carried_lock: asyncio.Lock | None = None
+
+_BARE_REFUSED = re.compile(r"cannot use bare repository '(.*)' \(safe\.bareRepository")
+
+# Bounds for the small files read to find a worktree's git directories.
+_SMALL_FILE_LIMIT = 4096
 
 
 class GitError(Exception):
@@ -100,8 +177,48 @@ class UnsavedWork:
         return bool(self.uncommitted) or self.unique_commits > 0
 
 
-def _git_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_LOCATION_VARS}
+@dataclass(frozen=True)
+class GitDirs:
+    """Where git must look, named explicitly so that nothing in a work tree redirects it.
+
+    ``git_dir`` is a repository's common dir, or a linked worktree's admin dir (then with
+    ``common_dir``); ``work_tree`` is set for calls that read the work tree.
+    """
+
+    git_dir: str
+    common_dir: str | None = None
+    work_tree: str | None = None
+
+    @property
+    def repository(self) -> str:
+        """The main repository's folder (the parent of its ``.git``)."""
+        common = Path(self.common_dir or self.git_dir)
+        return str(common.parent if common.name == ".git" else common)
+
+    def env(self) -> dict[str, str]:
+        env = {"GIT_DIR": self.git_dir}
+        if self.common_dir is not None:
+            # Outranks the admin dir's commondir file.
+            env["GIT_COMMON_DIR"] = self.common_dir
+        if self.work_tree is not None:
+            # Outranks core.worktree and the worktree's own .git file.
+            env["GIT_WORK_TREE"] = self.work_tree
+        return env
+
+    def repository_only(self) -> GitDirs:
+        """The same repository without the work tree: for refs and commits."""
+        return GitDirs(self.common_dir or self.git_dir)
+
+
+def _git_env(dirs: GitDirs | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEPT_GIT_VARS}
+    env.pop("SSH_ASKPASS", None)
+    env["GIT_CONFIG_NOSYSTEM"] = "1"
+    env["GIT_CONFIG_GLOBAL"] = _EMPTY_CONFIG
+    # Set and empty: git then asks neither core.askPass nor SSH_ASKPASS.
+    env["GIT_ASKPASS"] = ""
+    env["GIT_EDITOR"] = ":"
+    env["GIT_PAGER"] = "cat"
     # No one is at a terminal to answer a credential prompt; git must fail instead of waiting.
     env["GIT_TERMINAL_PROMPT"] = "0"
     # Messages are matched below and shown to users; they must not be translated.
@@ -109,7 +226,54 @@ def _git_env() -> dict[str, str]:
     # `git status` would otherwise take index.lock to refresh the index, and an agent
     # running git in the same worktree at that moment would fail on the lock.
     env["GIT_OPTIONAL_LOCKS"] = "0"
+    if dirs is not None:
+        env.update(dirs.env())
     return env
+
+
+async def _read_user_config(scope: str, key: str) -> list[str]:
+    """Values of ``key`` in the user's own ``--global`` or ``--system`` config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_CONFIG")}
+    proc = await asyncio.create_subprocess_exec(
+        "git", *_SAFE_ARGS, "config", scope, "--get-all", key,
+        cwd="/", env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(DEFAULT_TIMEOUT):
+            out, _ = await proc.communicate()
+    except BaseException:
+        await _kill_and_reap(proc, "config", "/")
+        raise
+    return out.decode("utf-8", "surrogateescape").splitlines() if proc.returncode == 0 else []
+
+
+async def _carried_args() -> tuple[str, ...]:
+    """``-c`` arguments for the user's safe.directory and excludes file, read once.
+
+    The clean global config would otherwise drop them: a repository owned by another user
+    that the user trusts would be refused, and files the user's global excludes file
+    ignores would count as unsaved work.
+    """
+    global _carried, _carried_lock
+    if _carried is not None:
+        return _carried
+    if _carried_lock is None:
+        _carried_lock = asyncio.Lock()
+    async with _carried_lock:
+        if _carried is None:
+            args: list[str] = []
+            for key in _CARRIED_KEYS:
+                for scope in ("--system", "--global"):
+                    try:
+                        values = await _read_user_config(scope, key)
+                    except OSError:
+                        values = []
+                    for value in values:
+                        args += ["-c", f"{key}={value}"]
+            _carried = tuple(args)
+    return _carried
 
 
 def _trim(text: str) -> str | None:
@@ -139,15 +303,23 @@ async def _kill_and_reap(proc: asyncio.subprocess.Process, command: str, cwd: st
     return stderr
 
 
-async def _run(args: tuple[str, ...], cwd: str, timeout: float) -> tuple[int, str, str]:
-    """Run git; return (exit code, stdout, stderr). Raises GitError only when git cannot run."""
+async def _run(
+    args: tuple[str, ...], cwd: str, timeout: float, dirs: GitDirs | None = None
+) -> tuple[int, str, str]:
+    """Run git; return (exit code, stdout, stderr). Raises GitError only when git cannot run.
+
+    The one place the daemon starts git: every call gets the safe config and environment.
+    """
     command = args[0] if args else "git"
+    carried = await _carried_args()
     try:
         proc = await asyncio.create_subprocess_exec(
             "git",
+            *_SAFE_ARGS,
+            *carried,
             *args,
             cwd=cwd,
-            env=_git_env(),
+            env=_git_env(dirs),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -199,12 +371,15 @@ def _failure(args: tuple[str, ...], code: int, stderr: str) -> GitError:
     return GitError(f"git {args[0]} failed: {_reason(details, code)}", details)
 
 
-async def run_git(*args: str, cwd: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+async def run_git(
+    *args: str, cwd: str, timeout: float = DEFAULT_TIMEOUT, dirs: GitDirs | None = None
+) -> str:
     """Run ``git *args`` in ``cwd`` and return its stdout, untouched.
 
+    With ``dirs``, git uses exactly those directories instead of discovering them.
     Raises GitError (with git's stderr as ``details``) on a non-zero exit or a timeout.
     """
-    code, out, err = await _run(args, cwd, timeout)
+    code, out, err = await _run(args, cwd, timeout, dirs)
     if code != 0:
         raise _failure(args, code, err)
     return out
@@ -270,6 +445,12 @@ async def resolve_repository(path: str, timeout: float = DEFAULT_TIMEOUT) -> Rep
     if code != 0:
         if "not a git repository" in err:
             raise InvalidRepository(f"{path} is not a git repository")
+        # safe.bareRepository=explicit: git names the bare repository it refused.
+        bare_dir = _BARE_REFUSED.search(err)
+        if bare_dir is not None:
+            if PurePosixPath(bare_dir.group(1)).name == ".git":
+                raise InvalidRepository(f"{path} is inside a .git directory, not a work tree")
+            raise InvalidRepository(f"{path} is a bare repository, which has no work tree")
         # e.g. "detected dubious ownership": git's own words are the useful reason.
         details = _trim(err)
         raise InvalidRepository(
@@ -308,13 +489,7 @@ async def resolve_repository(path: str, timeout: float = DEFAULT_TIMEOUT) -> Rep
 
 async def branch_exists(repo_root: str, branch: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
     """Whether ``refs/heads/<branch>`` exists (local branches only)."""
-    if not branch or branch.startswith("-"):
-        return False
-    args = ("show-ref", "--verify", "--quiet", f"refs/heads/{branch}")
-    code, _, err = await _run(args, repo_root, timeout)
-    if code in (0, 1):
-        return code == 0
-    raise _failure(args, code, err)
+    return await _branch_exists(repo_root, branch, timeout)
 
 
 async def ref_exists(repo_root: str, ref: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
@@ -420,6 +595,37 @@ def _is_disposable(path: str, repo_root: str) -> bool:
     return not (real / ".git").is_dir()
 
 
+def _restore_dot_git(repo_root: str, path: str) -> None:
+    """Point a worktree's .git file back at its admin dir if its content was changed.
+
+    The right content comes from the repository's records; the file is replaced by a
+    rename inside the worktree, so a symlink planted as ``.git`` is replaced, not followed.
+    """
+    admin = admin_dir_of(common_dir_of(repo_root), path)
+    if admin is None:
+        return
+    dot_git = Path(path) / ".git"
+    content = f"gitdir: {admin}\n"
+    current = _read_small_file(str(dot_git)) or ""
+    if current.startswith("gitdir:") and _same_path(
+        str(Path(path) / current.removeprefix("gitdir:").strip()), admin
+    ):
+        return
+    temp = Path(path) / f".git.corral-{os.getpid()}"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as file:
+            file.write(content)
+        temp.replace(dot_git)
+    except OSError as exc:
+        # git's own refusal then says what is wrong.
+        log.warning("worktree_git_file_not_restored", path=path, error=str(exc))
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        return
+    log.warning("worktree_git_file_restored", path=path, admin_dir=admin)
+
+
 async def _remove_worktree_unlocked(
     repo_root: str, worktree_path: str, timeout: float = DEFAULT_TIMEOUT
 ) -> None:
@@ -430,6 +636,8 @@ async def _remove_worktree_unlocked(
     path = _absolute(worktree_path)
     failure: GitError | None = None
     if await worktree_is_registered(repo_root, path, timeout):
+        # git refuses to remove a worktree whose .git file no longer points back at it.
+        await asyncio.to_thread(_restore_dot_git, repo_root, path)
         try:
             # Twice --force: removes it even with changes or a lock. It is ours to remove;
             # the commits stay on the branch.
@@ -462,7 +670,138 @@ async def _remove_worktree_unlocked(
     log.info("worktree_removed", repo=repo_root, path=path)
 
 
-async def _unique_commits(cwd: str, branch: str, timeout: float) -> int:
+# Finding a worktree's git directories. A worktree's own .git file is container-written;
+# the main repository's worktrees/<name>/gitdir files are not (git_mounts makes each one
+# read-only in its container), so they decide which admin dir is a worktree's.
+
+
+def _read_small_file(path: str) -> str | None:
+    """The text of a small regular file; None for anything else. Never follows a symlink
+    and never blocks on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, _SMALL_FILE_LIMIT + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > _SMALL_FILE_LIMIT:
+        return None
+    return data.decode("utf-8", "surrogateescape")
+
+
+def common_dir_of(repo_root: str) -> str:
+    """The common git dir of the repository whose top-level folder the user named."""
+    dot_git = Path(repo_root) / ".git"
+    if dot_git.is_dir():
+        return os.path.realpath(dot_git)
+    # The user's repository is itself a linked worktree or a submodule: its .git file is
+    # the user's, not a container's.
+    text = _read_small_file(str(dot_git))
+    if text is None or not text.startswith("gitdir:"):
+        raise GitError(f"{repo_root} has no .git directory or file git can use")
+    git_dir = Path(repo_root) / text.removeprefix("gitdir:").strip()
+    common = _read_small_file(str(git_dir / "commondir"))
+    if common is None:
+        return os.path.realpath(git_dir)
+    return os.path.realpath(git_dir / common.strip())
+
+
+def admin_dir_of(common_dir: str, worktree_path: str) -> str | None:
+    """``<common_dir>/worktrees/<name>`` whose ``gitdir`` file names ``worktree_path``."""
+    wanted = os.path.realpath(worktree_path)
+    base = Path(common_dir) / "worktrees"
+    try:
+        with os.scandir(base) as entries:
+            names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return None
+    for name in names:
+        text = _read_small_file(str(base / name / "gitdir"))
+        if text is None:
+            continue
+        recorded = PurePosixPath(text.strip())
+        if recorded.name == ".git" and os.path.realpath(recorded.parent) == wanted:
+            return str(base / name)
+    return None
+
+
+def _inside(path: str, root: str) -> bool:
+    return PurePosixPath(path).is_relative_to(os.path.realpath(root))
+
+
+def _hinted_common_dir(work_tree: str, untrusted: Sequence[str]) -> str | None:
+    """The common dir a worktree's own .git file names, if it may be a real repository.
+
+    The file only says where to look: that repository's records must then name this
+    worktree. It may not lead into a place a container writes: the ``untrusted`` folders
+    (the data dir), or anywhere inside a ``.git`` (containers write objects, refs and
+    their admin dir there, and could build a fake repository with its own config).
+    """
+    text = _read_small_file(str(Path(work_tree) / ".git"))
+    if text is None or not text.startswith("gitdir:"):
+        return None
+    admin = PurePosixPath(os.path.normpath(Path(work_tree) / text.removeprefix("gitdir:").strip()))
+    if admin.parent.name != "worktrees":
+        return None
+    common = os.path.realpath(admin.parent.parent)
+    if ".git" in PurePosixPath(common).parent.parts:
+        return None
+    if any(_inside(common, root) for root in untrusted):
+        return None
+    return common
+
+
+async def locate_worktree(
+    worktree_path: str, repo_root: str | None = None, *, untrusted: Sequence[str] = ()
+) -> GitDirs:
+    """The git directories of a linked worktree, found without trusting its ``.git`` file.
+
+    With ``repo_root`` (what the daemon recorded) the repository is that one; without it,
+    the worktree's ``.git`` file may suggest one (see :func:`_hinted_common_dir`). Either
+    way the repository must list this folder as one of its worktrees.
+    """
+
+    def find() -> GitDirs:
+        work_tree = os.path.realpath(worktree_path)
+        common = (
+            common_dir_of(repo_root)
+            if repo_root is not None
+            else _hinted_common_dir(work_tree, untrusted)
+        )
+        if common is None:
+            raise GitError(f"{worktree_path} is no longer a git worktree of a repository")
+        admin = admin_dir_of(common, work_tree)
+        if admin is None:
+            raise GitError(f"{worktree_path} is no longer a git worktree of {common}")
+        return GitDirs(git_dir=admin, common_dir=common, work_tree=work_tree)
+
+    try:
+        return await asyncio.to_thread(find)
+    except OSError as exc:
+        raise GitError(f"{worktree_path} cannot be read: {exc.strerror or exc}") from exc
+
+
+async def _branch_exists(
+    cwd: str, branch: str, timeout: float, dirs: GitDirs | None = None
+) -> bool:
+    if not branch or branch.startswith("-"):
+        return False
+    args = ("show-ref", "--verify", "--quiet", f"refs/heads/{branch}")
+    code, _, err = await _run(args, cwd, timeout, dirs)
+    if code in (0, 1):
+        return code == 0
+    raise _failure(args, code, err)
+
+
+async def _unique_commits(
+    cwd: str, branch: str, timeout: float, dirs: GitDirs | None = None
+) -> int:
     # --exclude applies to the next --branches only and is relative to refs/heads, so
     # it drops exactly this branch from the "saved elsewhere" set, while a remote branch
     # or tag of the same name still counts as a copy.
@@ -477,8 +816,40 @@ async def _unique_commits(cwd: str, branch: str, timeout: float) -> int:
         "--tags",
         cwd=cwd,
         timeout=timeout,
+        dirs=dirs,
     )
     return int(out.strip())
+
+
+async def _populated_submodules(dirs: GitDirs, timeout: float) -> list[str]:
+    """Submodules checked out in the worktree. Git never runs inside them for us (their
+    .git is the container's), so whatever they hold is reported, not inspected."""
+    assert dirs.work_tree is not None
+    out = await run_git("ls-files", "--stage", "-z", cwd=dirs.work_tree, timeout=timeout,
+                        dirs=dirs)  # fmt: skip
+    gitlinks = [
+        entry.partition("\t")[2] for entry in out.split("\0") if entry.startswith("160000 ")
+    ]
+    work_tree = dirs.work_tree
+
+    def populated() -> list[str]:
+        return [p for p in gitlinks if os.path.lexists(Path(work_tree) / p / ".git")]
+
+    return await asyncio.to_thread(populated) if gitlinks else []
+
+
+async def uncommitted_files(dirs: GitDirs, timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+    """``git status --porcelain`` lines of a located worktree, untracked files included,
+    plus one line for each populated submodule (never looked into)."""
+    assert dirs.work_tree is not None
+    status = await run_git(
+        "status", "--porcelain", "--ignore-submodules=all", cwd=dirs.work_tree,
+        timeout=timeout, dirs=dirs,
+    )  # fmt: skip
+    lines = [line for line in status.splitlines() if line]
+    lines += [f"?? {p}/ (a submodule; not inspected)"
+              for p in await _populated_submodules(dirs, timeout)]  # fmt: skip
+    return lines
 
 
 async def unsaved_work(
@@ -487,33 +858,32 @@ async def unsaved_work(
     timeout: float = DEFAULT_TIMEOUT,
     *,
     repo_root: str | None = None,
+    untrusted: Sequence[str] = (),
 ) -> UnsavedWork:
     """What would be lost without this worktree and branch.
 
-    ``uncommitted``: ``git status --porcelain`` lines, untracked files included.
-    ``unique_commits``: commits of ``branch`` on no other branch, remote branch or tag
-    (0 when the branch does not exist). When the worktree folder is gone, commits are
-    counted in ``repo_root``.
+    ``uncommitted``: see :func:`uncommitted_files`. ``unique_commits``: commits of
+    ``branch`` on no other branch, remote branch or tag (0 when the branch does not
+    exist). When the worktree folder is gone, commits are counted in ``repo_root``.
+    The worktree is found with :func:`locate_worktree`.
     """
+    dirs: GitDirs | None
     if await asyncio.to_thread(os.path.isdir, worktree_path):
-        cwd = await asyncio.to_thread(os.path.realpath, worktree_path)
-        code, top, err = await _run(("rev-parse", "--show-toplevel"), cwd, timeout)
-        # Without its .git file, git would walk up and report on whatever repository
-        # encloses the folder (a dotfiles repo in $HOME, say).
-        if code != 0 or top.strip() != cwd:
-            raise GitError(f"{worktree_path} is no longer a git worktree", _trim(err))
-        status = await run_git("status", "--porcelain", cwd=cwd, timeout=timeout)
-        uncommitted = [line for line in status.splitlines() if line]
+        located = await locate_worktree(worktree_path, repo_root, untrusted=untrusted)
+        uncommitted = await uncommitted_files(located, timeout)
+        dirs = located.repository_only()
+        cwd = dirs.git_dir
     elif repo_root is not None:
-        cwd = repo_root
+        dirs, cwd = None, repo_root
         uncommitted = []
     else:
         raise GitError(f"{worktree_path} does not exist and no repository was given")
 
-    if not await branch_exists(cwd, branch, timeout):
+    if not await _branch_exists(cwd, branch, timeout, dirs):
         return UnsavedWork(uncommitted=uncommitted, unique_commits=0)
     return UnsavedWork(
-        uncommitted=uncommitted, unique_commits=await _unique_commits(cwd, branch, timeout)
+        uncommitted=uncommitted,
+        unique_commits=await _unique_commits(cwd, branch, timeout, dirs),
     )
 
 

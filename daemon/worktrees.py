@@ -134,6 +134,8 @@ _SAFE_ARGS = tuple(arg for key, value in _SAFE_CONFIG for arg in ("-c", f"{key}=
 # Settings carried over from the user's own global and system config, which the clean
 # config above replaces: each is data (paths), never a program.
 _CARRIED_KEYS = ("safe.directory", "core.excludesFile")
+# Config given through the environment rather than a file: not the user's files.
+_CONFIG_SOURCE_VARS = frozenset({"GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT"})
 _carried: tuple[str, ...] | None = None
 _carried_lock: asyncio.Lock | None = None
 
@@ -233,7 +235,8 @@ def _git_env(dirs: GitDirs | None = None) -> dict[str, str]:
 
 async def _read_user_config(scope: str, key: str) -> list[str]:
     """Values of ``key`` in the user's own ``--global`` or ``--system`` config."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_CONFIG")}
+    # The user's own environment decides which files those are (GIT_CONFIG_GLOBAL too).
+    env = {k: v for k, v in os.environ.items() if k not in _CONFIG_SOURCE_VARS}
     proc = await asyncio.create_subprocess_exec(
         "git", *_SAFE_ARGS, "config", scope, "--get-all", key,
         cwd="/", env=env, stdin=asyncio.subprocess.DEVNULL,

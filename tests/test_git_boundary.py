@@ -9,18 +9,18 @@ git in the real Debian agent image and try to write where they must not.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from daemon import worktrees as wt
 from daemon.keys import MANAGER
 from daemon.orphans import OrphanSweeper
 from daemon.worktrees import admin_dir_of, common_dir_of
 from tests.conftest import create_running, make_repo, wait_for
-
-pytestmark = pytest.mark.docker
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -69,6 +69,7 @@ def admin_dir(repo: Path, worktree: str) -> Path:
 # host git at create, at DELETE's unsaved-work check, in the orphan sweep
 
 
+@pytest.mark.docker
 async def test_hooks_planted_in_the_repository_do_not_run_at_create_or_delete(
     client: Any, git_repo: Path, tmp_path: Path
 ) -> None:
@@ -86,6 +87,7 @@ async def test_hooks_planted_in_the_repository_do_not_run_at_create_or_delete(
     assert not marker.exists(), marker.read_text()
 
 
+@pytest.mark.docker
 async def test_fsmonitor_in_repository_config_does_not_run_at_the_unsaved_work_check(
     client: Any, git_repo: Path, tmp_path: Path
 ) -> None:
@@ -100,6 +102,7 @@ async def test_fsmonitor_in_repository_config_does_not_run_at_the_unsaved_work_c
     assert not marker.exists(), marker.read_text()
 
 
+@pytest.mark.docker
 async def test_a_rewritten_worktree_git_file_is_ignored_by_host_git(
     client: Any, git_repo: Path, tmp_path: Path
 ) -> None:
@@ -133,6 +136,7 @@ async def test_a_rewritten_worktree_git_file_is_ignored_by_host_git(
     assert not marker.exists(), marker.read_text()
 
 
+@pytest.mark.docker
 async def test_a_populated_submodule_is_never_entered_and_counts_as_unsaved(
     client: Any, git_repo: Path, tmp_path: Path
 ) -> None:
@@ -156,6 +160,7 @@ async def test_a_populated_submodule_is_never_entered_and_counts_as_unsaved(
     assert repo["uncommitted"] == ["?? sub/ (a submodule; not inspected)"]
 
 
+@pytest.mark.docker
 async def test_the_orphan_sweep_runs_nothing_planted(
     client: Any, git_repo: Path, tmp_path: Path
 ) -> None:
@@ -188,6 +193,7 @@ async def test_the_orphan_sweep_runs_nothing_planted(
 # inside a real container
 
 
+@pytest.mark.docker
 async def test_git_in_the_container_commits_to_its_branch_and_nothing_else(
     client: Any, git_repo: Path, agent_image: str
 ) -> None:
@@ -229,6 +235,7 @@ async def test_git_in_the_container_commits_to_its_branch_and_nothing_else(
     assert "planted" not in (admin / "commondir").read_text()
 
 
+@pytest.mark.docker
 async def test_attributes_and_worktree_config_from_the_container_run_no_filter(
     client: Any, git_repo: Path, tmp_path: Path, agent_image: str
 ) -> None:
@@ -250,3 +257,32 @@ async def test_attributes_and_worktree_config_from_the_container_run_no_filter(
     assert status == 409, body
     [repo] = body["error"]["details"]["repositories"]
     assert "?? .gitattributes" in repo["uncommitted"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a repository owned by another user")
+async def test_of_the_users_global_config_only_safe_directory_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script, marker = evil_script(tmp_path)
+    hooks = tmp_path / "global-hooks"
+    hooks.mkdir()
+    (hooks / "post-checkout").write_text(f"#!/bin/sh\n{script} post-checkout\n")
+    (hooks / "post-checkout").chmod(0o755)
+    repo = make_repo(tmp_path / "theirs")
+    # Another user's repository, which this user trusts by name in the global config.
+    subprocess.run(["chown", "-R", "4321:4321", str(repo)], check=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(
+        f"[safe]\n\tdirectory = {repo}\n[core]\n\thooksPath = {hooks}\n\tfsmonitor = {script}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(wt, "_carried", None, raising=False)  # read the user's config anew
+
+    info = await wt.resolve_repository(str(repo))
+    worktree = tmp_path / "data" / "worktrees" / "s" / "repo"
+    await wt.add_worktree(info.root, str(worktree), "corral/s", "main", new_branch=True)
+    (worktree / "draft.txt").write_text("x\n")
+    work = await wt.unsaved_work(str(worktree), "corral/s", repo_root=info.root)
+    assert not marker.exists(), marker.read_text()
+    assert work.uncommitted == ["?? draft.txt"]

@@ -137,6 +137,7 @@ async def test_branch_left_by_earlier_session_is_a_conflict(
     assert "corral/reused" in error["message"]
 
 
+@pytest.mark.docker
 async def test_subfolder_of_repository_is_recorded(client: Any, git_repo: Path) -> None:
     (git_repo / "pkg" / "inner").mkdir(parents=True)
     (git_repo / "pkg" / "inner" / "f.txt").write_text("f")
@@ -530,6 +531,7 @@ async def test_engine_down_store_still_answers(
         sweep_containers(settings.data_dir)
 
 
+@pytest.mark.docker
 async def test_metadata_update_and_validation(client: Any, git_repo: Path, git: Any) -> None:
     response = await client.post(
         "/api/sessions", json={"repo_path": str(git_repo), "prompt": "x", "name": "meta"}

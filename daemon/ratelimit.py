@@ -58,7 +58,13 @@ class RateLimiter:
         return bucket
 
     def wait(self, key: str) -> float:
-        """Seconds until ``key`` may call again; 0.0 when it may now. Spends nothing."""
+        """Seconds until ``key`` may call again; 0.0 when it may now. Spends nothing.
+
+        Keeps no state for a key it has not seen: a refused caller's first call must not
+        grow the map past ``max_keys`` (only ``spend`` adds keys, and trims).
+        """
+        if key not in self._buckets:
+            return 0.0
         bucket = self._refilled(key, self.clock())
         if bucket.tokens >= 1.0:
             return 0.0

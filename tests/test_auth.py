@@ -945,3 +945,17 @@ async def test_passkeys_and_sessions_are_managed_from_a_browser_not_with_a_token
         await error_of(response, 403, "FORBIDDEN")
     await signed_in_again(client, authn)
     assert [p["name"] for p in await passkeys(client)] == ["laptop", "phone"]
+
+
+def test_rate_limit_buckets_stay_bounded_under_many_addresses() -> None:
+    """A flood from many addresses forgets the idle ones first; the global cap still holds."""
+    from daemon.ratelimit import GLOBAL, ClientLimit, RateLimiter
+
+    clock = FakeClock()
+    limit = ClientLimit(
+        RateLimiter(2, clock=clock, max_keys=100), RateLimiter(1000, clock=clock, max_keys=100)
+    )
+    allowed = sum(limit.attempt(f"10.0.{i // 256}.{i % 256}") == 0 for i in range(5000))
+    assert allowed == 1000  # the cap, however many addresses
+    assert len(limit.per_client) <= 100
+    assert limit.overall.wait(GLOBAL) == pytest.approx(60 / 1000)

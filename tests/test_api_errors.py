@@ -557,3 +557,24 @@ async def test_metadata_update_and_validation(client: Any, git_repo: Path, git: 
         400,
         "INVALID_REQUEST",
     )
+
+
+async def test_signed_in_cookie_mints_no_token_for_another_local_port(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    from backends.local import LocalBackend
+    from tests.test_auth import auth_settings, signed_up
+    from tests.webauthn_helper import SoftAuthenticator
+
+    app = create_app(auth_settings(tmp_path), backends={"local": LocalBackend()})
+    client = await aiohttp_client(app)
+    own = f"http://localhost:{client.port}"
+    await signed_up(client, SoftAuthenticator(origin=own))
+    for origin in ("http://localhost:5173", f"http://localhost:{client.port + 1}"):
+        headers = {"Origin": origin}  # the user's cookie rides along, as a browser sends it
+        minted = await client.post("/api/auth/tokens", json={"name": "x"}, headers=headers)
+        await error_of(minted, 403, "FORBIDDEN")
+        await error_of(await client.get("/api/auth/tokens", headers=headers), 403, "FORBIDDEN")
+    assert await (await client.get("/api/auth/tokens")).json() == {"tokens": []}
+    minted = await client.post("/api/auth/tokens", json={"name": "mine"}, headers={"Origin": own})
+    assert minted.status == 201, await minted.text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import structlog
 from aiohttp import web
 
 from daemon.auth.models import (
@@ -39,6 +40,7 @@ from daemon.middlewares import json_error
 from daemon.routes import ROUTES, Handler, dump, read_body
 
 TAGS = ("auth",)
+log = structlog.get_logger(__name__)
 
 
 def _client(request: web.Request) -> str:
@@ -59,6 +61,8 @@ def rate_limited(handler: Handler) -> Handler:
             auth.limits.ceremony(_client(request), user_id)
             return await handler(request)
         except RateLimited as exc:
+            # debug: a flood must not turn into a flood of log lines.
+            log.debug("rate_limited", client=_client(request), path=request.path)
             response = json_error(exc)
             response.headers["Retry-After"] = str(exc.retry_after)
             return response

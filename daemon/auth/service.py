@@ -5,8 +5,12 @@ Decisions (docs/decisions.md, "Security"):
 - Challenges live in memory, keyed by the challenge bytes themselves: the browser echoes
   the challenge in ``clientDataJSON``, so the complete call needs no ceremony id, and a
   daemon restart simply voids the ceremonies in flight. Each is single use (taken out
-  before it is verified, so a failed attempt spends it too), expires after five minutes,
-  and at most ``MAX_PENDING`` wait, so unauthenticated begin calls cannot fill memory.
+  before it is verified, so a failed attempt spends it too) and expires after five
+  minutes. Sign-in and registration challenges are kept in separate bounded pools, so
+  unauthenticated begin calls can neither fill memory nor push out a signed-in user's
+  pending registration (``Challenges``); the calls themselves are rate limited (limits.py).
+- Changing or deleting a passkey and signing out every browser need a browser session,
+  like adding one; the last passkey cannot be deleted.
 - The setup token exists only while no user does. It lives in memory and in a 0600 file
   in the data dir; the log line says where the file is, the clear token goes to stderr
   only, and the scrubber hides it from every log line. The first registration spends it.

@@ -26,6 +26,10 @@ semantics, which every implementation keeps:
 * ``resize`` sets the TTY size; a container that is gone is success.
 * ``recent_output`` is the tail of the TTY's own log, for rebuilding the screen after a
   daemon restart; backends that keep no log answer ``b""``.
+* ``create`` isolates: a container backend drops every capability, forbids gaining
+  privileges (setuid, file capabilities), applies the spec's limits, and refuses a network
+  that shares another namespace (``host`` unless ``allow_host_network``; ``container:<id>``
+  always) with :class:`NetworkRefused`.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class ImageNotFound(BackendError):
     """The requested image is not present and could not be pulled."""
 
 
+class NetworkRefused(BackendError):
+    """The spec asks for a network that would take the container out of its isolation."""
+
+
 class ContainerState(enum.StrEnum):
     CREATED = "created"
     RUNNING = "running"
@@ -88,9 +96,12 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict)
     user: str | None = None  # "uid:gid"; None runs as the image's user
     command: tuple[str, ...] | None = None  # None runs the image's own command
-    cpu_limit: float | None = None  # cores
+    cpu_limit: float | None = None  # cores; more than the engine has is capped to what it has
     memory_limit: int | None = None  # bytes
+    pids_limit: int | None = None  # processes and threads together
     network_mode: str = "bridge"
+    # "host" shares the host's loopback (the daemon's API among it): refused unless set.
+    allow_host_network: bool = False
     daemon_instance: str = ""  # the owning daemon's data dir: one engine, several daemons
 
 

@@ -2,6 +2,8 @@
 
 It turns a :class:`ContainerSpec` into an Engine API container config and the engine's
 answers back into :class:`ContainerInfo`, and keeps the contract in ``backends.base``:
+every container is made without capabilities, without a way to gain privileges, inside
+its limits and off the host's network namespace;
 engine silence becomes :class:`BackendUnavailable`, a missing image :class:`ImageNotFound`,
 a missing container success (``stop``, ``remove``) or ``None`` (``inspect``). Both
 translations live in one place, :class:`_Exchange`, so each operation is a few lines.
@@ -35,6 +37,7 @@ from backends.base import (
     ContainerSpec,
     ContainerState,
     ImageNotFound,
+    NetworkRefused,
     TerminalStream,
 )
 
@@ -51,6 +54,11 @@ _EXITED_STATUS = re.compile(r"^Exited \((-?\d+)\)")
 RECENT_LINES = 5000
 # The container events the reconciler acts on (filtered by the engine, not here).
 WATCHED_EVENTS = ("start", "die", "oom", "kill", "stop", "destroy")
+# Measured (docs/decisions.md, "Isolation: hardened containers"): the init, git, node, Claude
+# Code's TUI and Codex run as uid 0 or 1000 with no capability at all, so none is added back.
+CAP_DROP = ("ALL",)
+# The 20.10 engine takes the bare name (a ":true" suffix is its older, deprecated spelling).
+SECURITY_OPT = ("no-new-privileges",)
 
 
 def container_name(session_name: str) -> str:
@@ -70,6 +78,7 @@ class DockerBackend(Backend):
         self._api_timeout = api_timeout
         self._pull_timeout = pull_timeout
         self._docker: aiodocker.Docker | None = None
+        self._engine_cpus: int | None = None  # the engine's NCPU, read once
 
     # -- the contract ---------------------------------------------------------------------
 
@@ -84,10 +93,30 @@ class DockerBackend(Backend):
 
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
         name = container_name(spec.session_name)
+        config = container_config(spec)
+        if spec.network_mode == "host":
+            log.warning(
+                "container_on_host_network",
+                container=name,
+                warning="THIS SESSION CAN REACH EVERY LOOPBACK SERVICE, CORRAL'S API INCLUDED",
+            )
+        if spec.cpu_limit is not None:
+            # The engine refuses more CPUs than it has: a default of 2 cores must still start
+            # a session on a 1-core machine.
+            cpus = await self._cpu_count()
+            if cpus and spec.cpu_limit > cpus:
+                config["HostConfig"]["NanoCpus"] = cpus * 1_000_000_000
         async with self._engine(f"create container {name}") as docker:
-            container = await docker.containers.create(container_config(spec), name=name)
+            container = await docker.containers.create(config, name=name)
             data = await container.show()
         return container_info(data)
+
+    async def _cpu_count(self) -> int:
+        if self._engine_cpus is None:
+            async with self._engine("read the engine's CPU count") as docker:
+                answer = await docker.system.info()
+            self._engine_cpus = int(answer.get("NCPU") or 0)
+        return self._engine_cpus
 
     async def start(self, container_id: str) -> None:
         async with self._engine(f"start container {container_id}") as docker:
@@ -374,11 +403,36 @@ def _refused(action: str, exc: aiodocker.DockerError) -> BackendError:
 # -- translations between the contract's types and the Engine API's JSON ------------------
 
 
+def check_network(spec: ContainerSpec) -> None:
+    """Refuse a network mode that would share a namespace the session must not reach."""
+    mode = spec.network_mode
+    if mode == "host" and not spec.allow_host_network:
+        raise NetworkRefused(
+            "network_mode \"host\" puts the session on the host's loopback, where corral's "
+            "API answers; set docker.allow_host_network = true to allow it",
+            details={"network_mode": mode},
+        )
+    if mode.startswith("container:"):
+        # Another container's namespace may be no session's (and its limits are not ours).
+        raise NetworkRefused(
+            f"network_mode {mode!r} shares another container's network; use a network name",
+            details={"network_mode": mode},
+        )
+
+
 def container_config(spec: ContainerSpec) -> dict[str, Any]:
-    """The Engine API body for creating ``spec``'s container (not started)."""
+    """The Engine API body for creating ``spec``'s container (not started).
+
+    Raises :class:`NetworkRefused` for a network the spec may not have.
+    """
+    check_network(spec)
     host_config: dict[str, Any] = {
         # An init reaps the agent's orphaned children and forwards stop signals to it.
         "Init": True,
+        # A prompt-injected agent is the threat: no capability (root in the container is then
+        # just a uid), and no setuid binary or file capability can give one back.
+        "CapDrop": list(CAP_DROP),
+        "SecurityOpt": list(SECURITY_OPT),
         # Mounts, not Binds: a missing source is an error instead of a new root-owned dir.
         "Mounts": [
             {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
@@ -392,6 +446,8 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
         host_config["NanoCpus"] = round(spec.cpu_limit * 1_000_000_000)
     if spec.memory_limit is not None:
         host_config["Memory"] = spec.memory_limit
+    if spec.pids_limit is not None:
+        host_config["PidsLimit"] = spec.pids_limit
     config: dict[str, Any] = {
         "Image": spec.image,
         "WorkingDir": spec.working_dir,

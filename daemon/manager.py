@@ -619,7 +619,9 @@ class SessionManager:
             user=user,
             cpu_limit=docker.cpu_limit or None,
             memory_limit=docker.memory_limit_mb * 1024 * 1024 or None,
+            pids_limit=docker.pids_limit or None,
             network_mode=docker.network_mode,
+            allow_host_network=docker.allow_host_network,
             daemon_instance=str(self.settings.data_dir),
         )
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 ENV_PREFIX = "CORRAL_"
 DEFAULT_CONFIG_PATH = Path("~/.config/corral/config.toml")
@@ -61,11 +61,41 @@ class ServerSettings(Section):
 class DockerSettings(Section):
     url: str = Field("", description="Engine URL; empty uses DOCKER_HOST or the local socket.")
     default_image: str = Field("corral-agent:latest", description="Image for new sessions.")
-    network_mode: str = Field("bridge", description="Network of session containers.")
-    cpu_limit: float = Field(0.0, ge=0, description="Cores per container; 0 means no limit.")
-    memory_limit_mb: int = Field(0, ge=0, description="MiB per container; 0 means no limit.")
+    network_mode: str = Field(
+        "bridge",
+        description='Network of session containers; "host" needs allow_host_network, '
+        '"container:<id>" is refused.',
+    )
+    allow_host_network: bool = Field(
+        False,
+        description='Dangerous: allow network_mode = "host", where a session reaches '
+        "corral's own API on loopback.",
+    )
+    cpu_limit: float = Field(
+        2.0, ge=0, description="Cores per container (capped to the engine's); 0: no limit."
+    )
+    memory_limit_mb: int = Field(4096, ge=0, description="MiB per container; 0 means no limit.")
+    pids_limit: int = Field(
+        1024, ge=0, description="Processes and threads per container; 0 means no limit."
+    )
     stop_timeout: float = Field(10.0, ge=0, description="Seconds between SIGTERM and SIGKILL.")
     api_timeout: float = Field(30.0, gt=0, description="Seconds before an engine call fails.")
+
+    @model_validator(mode="after")
+    def _isolating_network(self) -> DockerSettings:
+        # Refused here, so a daemon with such a config does not start at all (the backend
+        # refuses the same spec again at container creation).
+        if self.network_mode == "host" and not self.allow_host_network:
+            raise ValueError(
+                'docker.network_mode = "host" puts every session on the host\'s loopback, '
+                "where corral's API answers; set docker.allow_host_network = true to allow it"
+            )
+        if self.network_mode.startswith("container:"):
+            raise ValueError(
+                f"docker.network_mode = {self.network_mode!r} shares another container's "
+                "network namespace; name a network instead"
+            )
+        return self
 
 
 class SessionSettings(Section):

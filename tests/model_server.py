@@ -1,6 +1,9 @@
 """A scripted model server, so the real agent CLIs run end to end with no internet.
 
-One aiohttp app on 127.0.0.1 (random port) speaks the two wire protocols the agents use:
+One aiohttp app on 127.0.0.1 (random port) speaks the two wire protocols the agents use.
+Where a Docker engine runs, it also listens on the default bridge's gateway address
+(``container_url``): session containers reach it there on the default ``bridge`` network,
+so no test needs the host's network namespace (which corral refuses by default).
 
 * Anthropic Messages API for Claude Code: ``POST /v1/messages`` (Claude Code adds
   ``?beta=true``), answered as SSE when the body says ``stream: true`` and as one JSON
@@ -45,9 +48,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import itertools
 import json
 import secrets
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -540,12 +546,16 @@ def claude_env(url: str, api_key: str = FAKE_API_KEY) -> dict[str, str]:
 
 
 def point_agents_at(settings: Settings, server: ModelServer) -> None:
-    """Daemon settings whose session agents run for real and talk only to ``server``."""
+    """Daemon settings whose session agents run for real and talk only to ``server``.
+
+    The containers stay on the default bridge and reach the server at its gateway address;
+    an agent on the host (the local backend) reaches that address too.
+    """
     settings.sessions.start_agent = True
-    settings.docker.network_mode = "host"  # to reach the scripted model on 127.0.0.1
-    settings.agents.anthropic_base_url = server.url
+    settings.docker.network_mode = "bridge"
+    settings.agents.anthropic_base_url = server.container_url
     settings.agents.anthropic_api_key = SecretStr(FAKE_API_KEY)
-    settings.agents.openai_base_url = f"{server.url}/v1"
+    settings.agents.openai_base_url = f"{server.container_url}/v1"
     settings.agents.openai_api_key = SecretStr(FAKE_API_KEY)
 
 
@@ -586,6 +596,34 @@ stream_max_retries = 0
 # --- the server ------------------------------------------------------------------------
 
 
+@functools.cache
+def bridge_gateway() -> str | None:
+    """The host's address on Docker's default bridge (typically 172.17.0.1), or None.
+
+    The engine reports it as the bridge's IPAM gateway; where that is left empty (the
+    default ``docker0``), the bridge takes the first address of its subnet.
+    """
+    try:
+        found = subprocess.run(
+            ["docker", "network", "inspect", "bridge", "--format", "{{json .IPAM.Config}}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if found.returncode != 0:
+        return None
+    for entry in json.loads(found.stdout or "[]") or []:
+        if entry.get("Gateway"):
+            return str(entry["Gateway"])
+        subnet = ipaddress.ip_network(entry.get("Subnet") or "0.0.0.0/32")
+        if subnet.version == 4 and subnet.num_addresses > 2:
+            return str(next(subnet.hosts()))
+    return None
+
+
 class ModelServer:
     """The scripted server. ``await start()``/``close()`` or use it as an async context."""
 
@@ -602,6 +640,9 @@ class ModelServer:
         self._is_codex_side = codex_side_request
         self.url = ""
         self.port = 0
+        # Where session containers on the default bridge reach this server; ``url`` when no
+        # engine runs here.
+        self.container_url = ""
         # Bodies of the conversation requests (side requests and 404s excluded), in order.
         self.requests: list[Json] = []
         self.side_requests: list[Json] = []
@@ -651,6 +692,18 @@ class ModelServer:
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self.url = f"http://127.0.0.1:{self.port}"
+        self.container_url = self.url
+        gateway = bridge_gateway()
+        if gateway is not None:
+            # The same app on the bridge's side of the host, on the same port when it is free.
+            bridged = web.TCPSite(self._runner, gateway, self.port)
+            try:
+                await bridged.start()
+            except OSError:
+                bridged = web.TCPSite(self._runner, gateway, 0)
+                await bridged.start()
+            port = next(a[1] for a in self._runner.addresses if a[0] == gateway)
+            self.container_url = f"http://{gateway}:{port}"
         return self
 
     async def close(self) -> None:
@@ -780,6 +833,6 @@ def _codex_error(status: int, message: str) -> web.Response:
 
 @pytest.fixture(name="model_server")
 async def model_server_fixture() -> AsyncIterator[ModelServer]:
-    """A started ``ModelServer`` on 127.0.0.1; closed after the test."""
+    """A started ``ModelServer`` on 127.0.0.1 (and the bridge's gateway); closed after."""
     async with ModelServer() as server:
         yield server

@@ -114,6 +114,7 @@ async def test_create_does_not_start_and_runs_with_mounts_user_and_limits(
         env={"GREETING": "hello world", "HOME": "/tmp"},
         cpu_limit=0.5,
         memory_limit=64 * 1024 * 1024,
+        pids_limit=64,
         command=("sh", "-c", script),
     )
 
@@ -143,6 +144,10 @@ async def test_create_does_not_start_and_runs_with_mounts_user_and_limits(
     assert host["NetworkMode"] == "none"
     assert host["NanoCpus"] == 500_000_000
     assert host["Memory"] == 64 * 1024 * 1024
+    assert host["PidsLimit"] == 64
+    # Hardened whatever the spec says: the mounts, uids and writes above work without them.
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["RestartPolicy"]["Name"] in ("", "no")
 
     await backend.start(info.id)

@@ -48,13 +48,13 @@ def test_every_setting_has_a_description() -> None:
 def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(
-        '[server]\nport = 4000\nhost = "127.0.0.1"\n[docker]\nnetwork_mode = "host"\n'
+        '[server]\nport = 4000\nhost = "127.0.0.1"\n[docker]\nnetwork_mode = "none"\n'
     )
     env = {"CORRAL_SERVER__PORT": "5000", "CORRAL_SERVER__ALLOWED_HOSTS": '["corral.test"]'}
     settings = load_settings(config, environ=env)
     assert settings.server.port == 5000
     assert settings.server.allowed_hosts == ["corral.test"]
-    assert settings.docker.network_mode == "host"
+    assert settings.docker.network_mode == "none"
     flagged = load_settings(config, environ=env, overrides={"server": {"port": 6000}})
     assert flagged.server.port == 6000
 

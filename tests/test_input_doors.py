@@ -78,7 +78,8 @@ def multipart(*parts: bytes) -> bytes:
 async def error_body(response: Any, status: int, code: str) -> dict[str, Any]:
     body = await response.json()
     assert response.status == status, body
-    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    assert set(body) == {"error"}, body
+    assert body["error"]["code"] == code, body
     return dict(body["error"])
 
 
@@ -294,7 +295,9 @@ async def test_paths_outside_allowed_roots_get_one_answer_and_git_never_runs_the
         answers = set()
         for key in OUTSIDE:
             given = str(roots[key])
-            response = await rooted.post("/api/sessions", json={"repo_path": given, "prompt": "x", "backend": "local"})
+            response = await rooted.post(
+                "/api/sessions", json={"repo_path": given, "prompt": "x", "backend": "local"}
+            )
             error = await error_body(response, 403, "FORBIDDEN")
             answers.add(repr(error).replace(given, "<path>"))
             # As the second of several repositories: refused before git runs in the first.
@@ -306,7 +309,9 @@ async def test_paths_outside_allowed_roots_get_one_answer_and_git_never_runs_the
                     {"path": given, "mount_name": "b"},
                 ],
             }
-            error = await error_body(await rooted.post("/api/sessions", json=body), 403, "FORBIDDEN")
+            error = await error_body(
+                await rooted.post("/api/sessions", json=body), 403, "FORBIDDEN"
+            )
             answers.add(repr(error).replace(given, "<path>"))
         assert len(answers) == 2, answers  # one for repo_path, one for repositories.1.path
         assert watch.opened() == []
@@ -331,7 +336,9 @@ async def test_image_paths_outside_allowed_roots_get_one_answer(
                 "backend": "local",
                 "image_paths": [given],
             }
-            error = await error_body(await rooted.post("/api/sessions", json=body), 400, "INVALID_REQUEST")
+            error = await error_body(
+                await rooted.post("/api/sessions", json=body), 400, "INVALID_REQUEST"
+            )
             answers.add(repr(error).replace(given, "<path>"))
         assert len(answers) == 1, answers
         assert watch.opened() == []
@@ -407,7 +414,8 @@ def test_the_start_command_never_runs_a_folder_name(runner_class: Any, tmp_path:
 
     first = start()
     assert first[-1] == "do it"
-    assert list(cwd.iterdir()) == [] and not list(tmp_path.rglob("pwned"))
+    assert list(cwd.iterdir()) == []
+    assert not list(tmp_path.rglob("pwned"))
     if runner.name == "claude":
         assert first[:2] == ["--session-id", record.id]
         transcript = home / ".claude" / "projects" / working_dir.replace("/", "-")

@@ -402,7 +402,13 @@ class SessionManager:
         if outside is not None:
             raise self._outside_error(paths[outside], field.format(outside))
         results = await asyncio.gather(
-            *(worktrees.resolve_repository(r.path, timeout=timeout) for r in requests),
+            *(
+                # Not a repository in the data dir: its config would be a container's.
+                worktrees.resolve_repository(
+                    r.path, timeout=timeout, untrusted=(str(self.settings.data_dir),)
+                )
+                for r in requests
+            ),
             return_exceptions=True,
         )
         problems: list[dict[str, str]] = []

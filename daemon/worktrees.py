@@ -424,10 +424,26 @@ def _repo_paths(folder: Path, toplevel: str, common_dir: str) -> tuple[Path, Pat
     return root, git_dir, subdir
 
 
-async def resolve_repository(path: str, timeout: float = DEFAULT_TIMEOUT) -> RepoInfo:
-    """Check that ``path`` is a git work tree (or a folder in one) that has commits."""
+def _refuse_untrusted(path: str, place: str, untrusted: Sequence[str]) -> None:
+    if any(_inside(place, root) for root in untrusted):
+        # Session containers write there: a repository found there is theirs, with a
+        # config (filters, drivers) that host git would obey.
+        raise InvalidRepository(
+            f"{path} is inside corral's data folder, where sessions write; "
+            "name the repository itself"
+        )
+
+
+async def resolve_repository(
+    path: str, timeout: float = DEFAULT_TIMEOUT, *, untrusted: Sequence[str] = ()
+) -> RepoInfo:
+    """Check that ``path`` is a git work tree (or a folder in one) that has commits.
+
+    Neither ``path`` nor the repository it is in may lie inside an ``untrusted`` folder.
+    """
     folder = await asyncio.to_thread(_existing_folder, path)
     cwd = str(folder)
+    _refuse_untrusted(path, cwd, untrusted)
 
     # The common case in one git process; anything unusual takes the detailed path below,
     # which explains what is wrong.
@@ -438,6 +454,7 @@ async def resolve_repository(path: str, timeout: float = DEFAULT_TIMEOUT) -> Rep
     lines = out.splitlines()
     if code == 0 and len(lines) == 4 and lines[0] == "true":
         root, git_dir, subdir = await asyncio.to_thread(_repo_paths, folder, lines[1], lines[2])
+        _refuse_untrusted(path, str(git_dir), untrusted)
         head = lines[3]
         current_branch = (
             head.removeprefix("refs/heads/") if head.startswith("refs/heads/") else None
@@ -472,6 +489,7 @@ async def resolve_repository(path: str, timeout: float = DEFAULT_TIMEOUT) -> Rep
     if len(lines) < 2:
         raise GitError("git rev-parse gave no top-level or git directory", _trim(out))
     root, git_dir, subdir = await asyncio.to_thread(_repo_paths, folder, lines[0], lines[1])
+    _refuse_untrusted(path, str(git_dir), untrusted)
 
     code, _, _ = await _run(("rev-parse", "--verify", "--quiet", "HEAD^{commit}"), cwd, timeout)
     if code != 0:

@@ -286,3 +286,30 @@ async def test_of_the_users_global_config_only_safe_directory_is_kept(
     work = await wt.unsaved_work(str(worktree), "corral/s", repo_root=info.root)
     assert not marker.exists(), marker.read_text()
     assert work.uncommitted == ["?? draft.txt"]
+
+
+@pytest.mark.docker
+async def test_a_repository_made_inside_a_worktree_is_refused_as_a_session_repository(
+    client: Any, git_repo: Path, tmp_path: Path
+) -> None:
+    script, marker = evil_script(tmp_path)
+    session = await create_running(client, git_repo)
+    # What a container can make in /workspace: a repository whose config has a filter
+    # that its own .gitattributes selects; checking it out would run the filter.
+    planted = make_repo(Path(session["worktree_path"]) / "planted")
+    (planted / ".gitattributes").write_text("* filter=evil\n")
+    git(planted, "add", ".gitattributes")
+    git(planted, "commit", "-qm", "attributes")
+    with (planted / ".git" / "config").open("a") as config:
+        config.write(f'[filter "evil"]\n\tsmudge = {script}\n\tclean = {script}\n')
+
+    response = await client.post(
+        "/api/sessions", json={"repo_path": str(planted), "prompt": "do it"}
+    )
+    body = await response.json()
+    if response.status == 201:  # made after all: let its checkout run, then judge
+        await wait_for(client, body["session"]["id"], lambda s: s["status"] != "creating")
+    assert not marker.exists(), marker.read_text()
+    assert response.status == 400, body
+    assert body["error"]["code"] == "INVALID_REQUEST"
+    assert "data folder" in body["error"]["message"]

@@ -6,6 +6,7 @@ two cannot drift apart. Request helpers here turn bad input into PROTOCOL errors
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -111,10 +112,16 @@ def dump(model: BaseModel, status: int = 200) -> web.Response:
 
 async def read_body(request: web.Request, model: type[M], *, optional: bool = False) -> M:
     """Parse and validate a JSON object body; every failure is a PROTOCOL error."""
-    max_bytes = request.app[SETTINGS].server.max_json_bytes
+    server = request.app[SETTINGS].server
+    max_bytes = server.max_json_bytes
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"request body over {max_bytes} bytes")
-    raw = await request.read()
+    try:
+        # A client trickling its body would otherwise hold the request open for good.
+        async with asyncio.timeout(server.body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise InvalidRequest(f"request body not received within {server.body_timeout} s") from None
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"request body over {max_bytes} bytes")
     if not raw.strip():

@@ -56,6 +56,9 @@ class ServerSettings(Section):
         32, ge=1, description="Open WebSockets (events and consoles) one client address may hold."
     )
     max_websockets: int = Field(256, ge=1, description="Open WebSockets all clients may hold.")
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a client may take to send a JSON request body."
+    )
 
 
 class DockerSettings(Section):

@@ -143,6 +143,31 @@ async def test_deep_json_on_the_console_answers_an_error_frame(
     await viewer.ws.close()
 
 
+def half_a_body(port: int, give_up_after: float) -> bytes:
+    """A POST whose body stops halfway; what the daemon answers while the client waits."""
+    head = (f"POST /api/browse-directory HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(give_up_after)
+        sock.sendall(head.encode() + b'{"path": ')
+        try:
+            return sock.recv(4096)
+        except TimeoutError:
+            raise AssertionError(f"no answer after {give_up_after} s") from None
+
+
+async def test_a_body_that_stops_halfway_is_a_client_error(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    settings = local_settings(tmp_path, body_timeout=0.5)
+    app = create_app(settings, backends={"local": LocalBackend()})
+    client = await aiohttp_client(app)
+    answer = await asyncio.to_thread(half_a_body, client.port, 20.0)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b'"INVALID_REQUEST"' in answer
+    await app[TASKS].wait(timeout=10)
+
+
 # --- the real daemon process: header-read timeout, own origin with port = 0 -------------
 
 

@@ -8,7 +8,9 @@
   (``git worktree remove``; its branch stays, as branches always do) only when it holds no
   work: no uncommitted or untracked files and no commits on no other branch, remote or tag.
   Anything else is kept and reported: one holding work, one that is not a git worktree, one
-  whose repository is gone.
+  whose repository is gone. A folder's own ``.git`` file is a container's to write, so it
+  only suggests a repository (never one in the data dir or inside a ``.git``), which must
+  list the folder as its worktree; git then runs on the directories that repository names.
 
 Both are found without racing a session being made: a create stores its record (with its
 worktree paths) before it makes a container or a worktree, so the known set is taken

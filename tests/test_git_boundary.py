@@ -313,3 +313,18 @@ async def test_a_repository_made_inside_a_worktree_is_refused_as_a_session_repos
     assert response.status == 400, body
     assert body["error"]["code"] == "INVALID_REQUEST"
     assert "data folder" in body["error"]["message"]
+
+
+async def test_removing_a_worktree_whose_git_file_became_a_symlink_writes_nothing_through_it(
+    git_repo: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "authorized_keys"
+    victim.write_text("precious\n")
+    worktree = tmp_path / "data" / "worktrees" / "s" / "repo"
+    await wt.add_worktree(str(git_repo), str(worktree), "corral/s", "main", new_branch=True)
+    (worktree / ".git").unlink()
+    (worktree / ".git").symlink_to(victim)
+    await wt.remove_worktree(str(git_repo), str(worktree))
+    assert victim.read_text() == "precious\n"
+    assert not worktree.exists()
+    assert git(git_repo, "branch", "--list", "corral/s")

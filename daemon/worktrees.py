@@ -137,7 +137,6 @@ _CARRIED_KEYS = ("safe.directory", "core.excludesFile")
 # Config given through the environment rather than a file: not the user's files.
 _CONFIG_SOURCE_VARS = frozenset({"GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT"})
 _carried: tuple[str, ...] | None = None
-_carried_lock: asyncio.Lock | None = None
 
 _BARE_REFUSED = re.compile(r"cannot use bare repository '(.*)' \(safe\.bareRepository")
 
@@ -259,23 +258,21 @@ async def _carried_args() -> tuple[str, ...]:
     that the user trusts would be refused, and files the user's global excludes file
     ignores would count as unsaved work.
     """
-    global _carried, _carried_lock
-    if _carried is not None:
-        return _carried
-    if _carried_lock is None:
-        _carried_lock = asyncio.Lock()
-    async with _carried_lock:
-        if _carried is None:
-            args: list[str] = []
-            for key in _CARRIED_KEYS:
-                for scope in ("--system", "--global"):
-                    try:
-                        values = await _read_user_config(scope, key)
-                    except OSError:
-                        values = []
-                    for value in values:
-                        args += ["-c", f"{key}={value}"]
-            _carried = tuple(args)
+    global _carried
+    if _carried is None:
+        # Calls that start together may each read it once; the answers are the same.
+        args: list[str] = []
+        for key in _CARRIED_KEYS:
+            for scope in ("--system", "--global"):
+                try:
+                    values = await _read_user_config(scope, key)
+                except (OSError, TimeoutError) as exc:
+                    # Without them git still works, only stricter; say why.
+                    log.warning("git_user_config_unread", scope=scope, key=key, error=str(exc))
+                    values = []
+                for value in values:
+                    args += ["-c", f"{key}={value}"]
+        _carried = tuple(args)
     return _carried
 
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import stat
@@ -139,6 +140,10 @@ _CONFIG_SOURCE_VARS = frozenset({"GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CON
 _carried: tuple[str, ...] | None = None
 
 _BARE_REFUSED = re.compile(r"cannot use bare repository '(.*)' \(safe\.bareRepository")
+
+# git's data limit (heap and anonymous memory): far above what status needs on a very large
+# repository, far below what would starve the host.
+GIT_MEMORY_LIMIT = 2 * 1024 * 1024 * 1024
 
 # Bounds for the small files read to find a worktree's git directories.
 _SMALL_FILE_LIMIT = 4096
@@ -303,6 +308,18 @@ async def _kill_and_reap(proc: asyncio.subprocess.Process, command: str, cwd: st
     return stderr
 
 
+def _limit_memory(pid: int) -> None:
+    """Bound git's heap. A container can make a ref or HEAD a symlink to /dev/zero, which git
+    reads to the end: unbounded, it would take the host's memory, not only its own time.
+
+    Set from outside right after exec (a preexec_fn is unsafe in a process with threads);
+    git cannot have grown far by then, and a lowered limit stops it growing further. File
+    mappings (pack files) are not counted, only data.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        resource.prlimit(pid, resource.RLIMIT_DATA, (GIT_MEMORY_LIMIT, GIT_MEMORY_LIMIT))
+
+
 async def _run(
     args: tuple[str, ...], cwd: str, timeout: float, dirs: GitDirs | None = None
 ) -> tuple[int, str, str]:
@@ -332,6 +349,7 @@ async def _run(
         raise GitError("git is not installed or not on PATH") from exc
     except OSError as exc:
         raise GitError(f"cannot run git in {cwd}: {exc.strerror or exc}") from exc
+    _limit_memory(proc.pid)
 
     try:
         async with asyncio.timeout(timeout):

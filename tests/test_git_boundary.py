@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -328,3 +329,39 @@ async def test_removing_a_worktree_whose_git_file_became_a_symlink_writes_nothin
     assert victim.read_text() == "precious\n"
     assert not worktree.exists()
     assert git(git_repo, "branch", "--list", "corral/s")
+
+
+def test_a_ref_that_never_ends_costs_host_git_bounded_memory(
+    git_repo: Path, tmp_path: Path
+) -> None:
+    worktree = tmp_path / "data" / "worktrees" / "s" / "repo"
+    git(git_repo, "worktree", "add", "-q", "-b", "corral/s", str(worktree), "main")
+    # refs/heads/corral/ is writable in a container: its branch made a symlink to an endless
+    # file, which git reads to the end whenever it resolves HEAD.
+    ref = git_repo / ".git" / "refs" / "heads" / "corral" / "s"
+    ref.unlink()
+    ref.symlink_to("/dev/zero")
+    # In a process of its own, so that the largest child it waited for is this git; its own
+    # data limit (inherited by git) keeps a run without the bound from starving the machine.
+    script = f"""
+import asyncio, resource
+resource.setrlimit(resource.RLIMIT_DATA, (2 << 30, 2 << 30))
+from daemon import worktrees as wt
+wt.GIT_MEMORY_LIMIT = 256 << 20
+try:
+    asyncio.run(wt.unsaved_work({str(worktree)!r}, "corral/s", repo_root={str(git_repo)!r}))
+except wt.GitError as exc:
+    print("refused:", exc.message)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    refused, peak_kib = done.stdout.splitlines()
+    assert refused.startswith("refused: git "), done.stdout
+    assert int(peak_kib) < 400 * 1024, f"git grew to {int(peak_kib) // 1024} MiB"

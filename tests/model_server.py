@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ipaddress
 import itertools
 import json
@@ -596,13 +595,19 @@ stream_max_retries = 0
 # --- the server ------------------------------------------------------------------------
 
 
-@functools.cache
+_gateway: list[str] = []  # the address once found; a failed lookup is tried again
+
+
 def bridge_gateway() -> str | None:
     """The host's address on Docker's default bridge (typically 172.17.0.1), or None.
 
     The engine reports it as the bridge's IPAM gateway; where that is left empty (the
-    default ``docker0``), the bridge takes the first address of its subnet.
+    default ``docker0``), the bridge takes the first address of its subnet. Only a found
+    address is kept: tests not marked ``docker`` see no engine, and must not make the
+    later ones believe there is none.
     """
+    if _gateway:
+        return _gateway[0]
     try:
         found = subprocess.run(
             ["docker", "network", "inspect", "bridge", "--format", "{{json .IPAM.Config}}"],
@@ -616,11 +621,14 @@ def bridge_gateway() -> str | None:
     if found.returncode != 0:
         return None
     for entry in json.loads(found.stdout or "[]") or []:
-        if entry.get("Gateway"):
-            return str(entry["Gateway"])
-        subnet = ipaddress.ip_network(entry.get("Subnet") or "0.0.0.0/32")
-        if subnet.version == 4 and subnet.num_addresses > 2:
-            return str(next(subnet.hosts()))
+        address = entry.get("Gateway")
+        if not address:
+            subnet = ipaddress.ip_network(entry.get("Subnet") or "0.0.0.0/32")
+            if subnet.version != 4 or subnet.num_addresses <= 2:
+                continue
+            address = str(next(subnet.hosts()))
+        _gateway.append(str(address))
+        return _gateway[0]
     return None
 
 

@@ -1,8 +1,8 @@
 """The scripted model server: its wire format, then the real agent CLIs against it.
 
-The Docker tests run Claude Code and Codex headless in the agent image, on the host
-network so they reach the server on 127.0.0.1 (and, configured by ``claude_env`` and
-``codex_config_toml``, nothing else). They also refresh the sample transcripts in
+The Docker tests run Claude Code and Codex headless in the agent image, on the default
+bridge, where they reach the server at the bridge's gateway address (and, configured by
+``claude_env`` and ``codex_config_toml``, nothing else). They also refresh the sample transcripts in
 ``tests/fixtures/`` for the transcript parsers: written when missing or when
 ``CORRALTEST_UPDATE_FIXTURES=1``; otherwise only checked to still be representative.
 """
@@ -232,10 +232,10 @@ def agent_dirs(tmp_path: Path) -> tuple[Path, Path, str]:
 async def run_in_agent_image(
     image: str, user: str, env: dict[str, str], mounts: dict[Path, str], argv: list[str]
 ) -> str:
-    """``docker run`` the CLI on the host network with a hard timeout; returns stdout."""
+    """``docker run`` the CLI on the default bridge with a hard timeout; returns stdout."""
     name = f"corral-test-model-{secrets.token_hex(4)}"
     command = ["docker", "run", "--rm", "--name", name, "--label", "corral.test=model_server"]
-    command += ["--network", "host", "-u", user, "-e", f"HOME={AGENT_HOME}"]
+    command += ["--network", "bridge", "-u", user, "-e", f"HOME={AGENT_HOME}"]
     for key, value in env.items():
         command += ["-e", f"{key}={value}"]
     for host_path, container_path in mounts.items():
@@ -304,7 +304,7 @@ async def test_claude_code_headless_tool_turn(
     out = await run_in_agent_image(
         agent_image,
         user,
-        claude_env(model_server.url),
+        claude_env(model_server.container_url),
         {workspace: "/workspace", home: AGENT_HOME},
         [
             "claude",
@@ -398,7 +398,7 @@ async def test_codex_exec_tool_turn(
     workspace, home, user = agent_dirs(tmp_path)
     codex_home = home / ".codex"
     codex_home.mkdir()
-    (codex_home / "config.toml").write_text(codex_config_toml(model_server.url))
+    (codex_home / "config.toml").write_text(codex_config_toml(model_server.container_url))
     if os.geteuid() == 0:
         for path in (codex_home, codex_home / "config.toml"):
             os.chown(path, AGENT_UID, AGENT_UID)

@@ -77,6 +77,15 @@ def check_bind(settings: Settings) -> None:
     )
 
 
+def warn_host_network(settings: Settings) -> None:
+    """Say once at start, loudly, that sessions may share the host's network."""
+    if settings.docker.allow_host_network and settings.docker.network_mode == "host":
+        log.warning(
+            "host_network_allowed",
+            warning="SESSIONS SHARE THE HOST'S NETWORK: THEY CAN REACH EVERY LOCAL SERVICE",
+        )
+
+
 def serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides=_overrides(args))
@@ -95,6 +104,7 @@ def serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         log.error("refusing_to_start", error=str(exc))
         return 2
+    warn_host_network(settings)
     from daemon.app import create_app  # imported late: argument errors stay fast
 
     app = create_app(settings)

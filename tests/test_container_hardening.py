@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from backends.base import ContainerSpec, NetworkRefused
 from backends.docker import DockerBackend
 from daemon.app import create_app
+from daemon.cli import warn_host_network
 from daemon.keys import TASKS
 from daemon.settings import Settings, SettingsError, load_settings
 from tests.conftest import container_state, create_running, sweep_containers
@@ -194,6 +195,16 @@ def test_host_network_is_accepted_only_with_the_explicit_flag(tmp_path: Path) ->
     )
     with pytest.raises(SettingsError, match="shares another container"):
         load_settings(config, environ={})
+
+
+def test_an_allowed_host_network_is_announced_loudly_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[docker]\nallow_host_network = true\nnetwork_mode = "host"\n')
+    with capture_logs() as logs:
+        warn_host_network(load_settings(config, environ={}))
+        warn_host_network(Settings())
+    assert [e["event"] for e in logs] == ["host_network_allowed"]
+    assert logs[0]["log_level"] == "warning"
 
 
 async def test_the_backend_refuses_the_host_network_unless_allowed(busybox_image: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -62,8 +63,27 @@ The REST API works meanwhile; it is described at <a href="/api/openapi.json">/ap
 """
 
 
+def private_data_dir(path: Path) -> None:
+    """Make the data dir the daemon user's alone (blocking: run it in a thread).
+
+    It holds every session's chat, agent homes with their keys and the sign-in store;
+    another local user must not read them. A data dir someone left open is closed, loudly.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    mode = info.st_mode & 0o777
+    if not mode & 0o077:
+        return
+    if info.st_uid != os.getuid():
+        log.warning("data_dir_not_private", data_dir=str(path), mode=oct(mode), owner=info.st_uid)
+        return
+    path.chmod(0o700)
+    log.warning("data_dir_made_private", data_dir=str(path), was=oct(mode))
+
+
 @contextlib.asynccontextmanager
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    await asyncio.to_thread(private_data_dir, app[SETTINGS].data_dir)
     store = Store(app[SETTINGS].db_path)
     await store.open()
     app[STORE] = store

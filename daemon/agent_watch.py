@@ -6,6 +6,12 @@ the hook that changed it and needs no file-watching API. The tail position and t
 parser's state are stored after each batch, so a restarted daemon resumes where it
 stopped; events already stored (matched by their message, call or result id) are never
 published twice, even if the daemon died between publishing and storing its position.
+
+The files are the container's. They are opened through ``homefs`` (no link followed, only
+regular files, bounded reads), and one that is not what it must be (a symlink to
+``/dev/zero``, a FIFO, …) is reported, not read: a warning logged once with the session
+id, ``hostile_files`` in the session's health details and a ``session_status`` event,
+until it is a plain file again. Every other session is served as before.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -22,6 +29,8 @@ from daemon.agents.claude_transcript import ClaudeTranscriptParser
 from daemon.agents.codex_rollout import ROLLOUT_GLOB, CodexRolloutParser
 from daemon.agents.runner import HOOKS_FILE
 from daemon.agents.transcript import ParsedEvent, TranscriptTailer, newest_file
+from daemon.health import Recovery
+from daemon.homefs import HostileFile
 from daemon.manager import CHAT_EVENT_TYPES, SessionManager
 from daemon.models import AgentState, SessionStatus
 from daemon.store import SessionRecord
@@ -29,6 +38,8 @@ from daemon.store import SessionRecord
 log = structlog.get_logger(__name__)
 
 POLL_SECONDS = 0.25
+# The rollouts' walk starts at the home so that ``.codex`` itself is not followed either.
+HOME_ROLLOUT_GLOB = f".codex/{ROLLOUT_GLOB}"
 RECENT_EVENTS = 500  # stored chat events checked for duplicates after a restart
 
 # What each hook says about the agent. Notification carries its reason in "message".
@@ -70,6 +81,8 @@ class _Watch:
     parser: _Parser
     hooks: TranscriptTailer
     seen: set[str] = field(default_factory=set)
+    # What is reported as hostile now (path in the home → reason), to report each once.
+    hostile: dict[str, str] = field(default_factory=dict)
 
 
 class AgentWatcher:
@@ -112,10 +125,37 @@ class AgentWatcher:
     async def poll(self, record: SessionRecord) -> None:
         watch = self._watches.get(record.id) or await self._open(record)
         self._watches[record.id] = watch
-        moved = await self._read_transcript(record, watch)
-        moved = await self._read_hooks(record, watch) or moved
-        if moved:
+        found: dict[str, str] = {}
+        try:
+            moved = await self._read_transcript(record, watch, found)
+        finally:
+            # The hooks are read even when the transcript failed (a parser error, say).
+            moved_hooks = await self._read_hooks(record, watch, found)
+            await self._report_hostile(record, watch, found)
+        if moved or moved_hooks:
             await self.manager.store.save_cursor(record.id, self._cursor(watch))
+
+    async def _report_hostile(
+        self, record: SessionRecord, watch: _Watch, found: dict[str, str]
+    ) -> None:
+        """Log each newly hostile file once and keep the health details in step."""
+        state = self.manager.recovery.get(record.id)
+        shown = state.hostile_files if state is not None else {}
+        if found == watch.hostile and found == shown:
+            return
+        for path, reason in found.items():
+            if watch.hostile.get(path) != reason:
+                log.warning("agent_file_refused", session_id=record.id, path=path, reason=reason)
+        for path in watch.hostile.keys() - found.keys():
+            log.info("agent_file_readable_again", session_id=record.id, path=path)
+        watch.hostile = dict(found)
+        if found:
+            state = self.manager.recovery.setdefault(record.id, Recovery())
+        if state is not None:
+            state.hostile_files = dict(found)
+            if state.idle:
+                self.manager.recovery.pop(record.id, None)
+        await self.manager.publish_status(record)
 
     async def _open(self, record: SessionRecord) -> _Watch:
         cursor = await self.manager.store.load_cursor(record.id) or {}
@@ -128,26 +168,36 @@ class AgentWatcher:
             parser = ClaudeTranscriptParser.from_state(cursor["parser"]) if "parser" in cursor \
                 else ClaudeTranscriptParser()  # fmt: skip
         transcript = None
-        if cursor.get("transcript"):
-            transcript = TranscriptTailer(cursor["transcript"], cursor.get("offset", 0))
+        saved = cursor.get("transcript")
+        if saved and Path(saved).is_relative_to(home):
+            transcript = TranscriptTailer(saved, cursor.get("offset", 0), root=home)
         elif record.agent == "claude":
             path = transcript_path(home, record.id, self.manager.agent_working_dir(record))
-            transcript = TranscriptTailer(path)
-        hooks = TranscriptTailer(home / HOOKS_FILE, cursor.get("hooks_offset", 0))
+            transcript = TranscriptTailer(path, root=home)
+        hooks = TranscriptTailer(home / HOOKS_FILE, cursor.get("hooks_offset", 0), root=home)
         recent = await self.manager.store.events_tail(record.id, RECENT_EVENTS, CHAT_EVENT_TYPES)
         seen = {k for e in recent if (k := event_key(e["type"], e)) is not None}
         return _Watch(transcript, parser, hooks, seen)
 
-    async def _read_transcript(self, record: SessionRecord, watch: _Watch) -> bool:
+    async def _read_transcript(
+        self, record: SessionRecord, watch: _Watch, found: dict[str, str]
+    ) -> bool:
+        home = self.manager.agent_home(record.id)
         if record.agent == "codex":
             # Codex names its own rollout file; a resume may start a new one.
-            newest = await newest_file(self.manager.agent_home(record.id) / ".codex", ROLLOUT_GLOB)
+            try:
+                newest = await newest_file(home, HOME_ROLLOUT_GLOB)
+            except HostileFile as exc:
+                found[exc.path] = exc.reason
+                newest = None
             if newest is not None and (watch.transcript is None or watch.transcript.path != newest):
-                watch.transcript = TranscriptTailer(newest)
+                watch.transcript = TranscriptTailer(newest, root=home)
         if watch.transcript is None:
             return False
         before = watch.transcript.offset
         records = await watch.transcript.read_new()
+        if watch.transcript.hostile is not None:
+            found[watch.transcript.hostile.path] = watch.transcript.hostile.reason
         for event in watch.parser.feed(records):
             key = event_key(event.type, event.payload)
             if key is not None and key in watch.seen:
@@ -157,11 +207,15 @@ class AgentWatcher:
             await self.manager.hub.publish(event.type, record.id, **event.payload)
         return watch.transcript.offset != before
 
-    async def _read_hooks(self, record: SessionRecord, watch: _Watch) -> bool:
+    async def _read_hooks(
+        self, record: SessionRecord, watch: _Watch, found: dict[str, str]
+    ) -> bool:
         before = watch.hooks.offset
         state = None
         for hook in await watch.hooks.read_new():
             state = state_from_hook(hook) or state
+        if watch.hooks.hostile is not None:
+            found[watch.hooks.hostile.path] = watch.hooks.hostile.reason
         if state is not None and state is not record.agent_state:
             record.agent_state = state
             await self.manager.save(record, "agent_state")

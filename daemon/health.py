@@ -82,6 +82,9 @@ class Recovery:
     outcome: Outcome | None = None
     recreated: bool = False
     stalled_since: datetime | None = None
+    # Files in the agent home the daemon refuses to read (path in the home → what it is),
+    # kept in memory by the agent watcher (daemon/agent_watch.py) while they stay so.
+    hostile_files: dict[str, str] = field(default_factory=dict)
 
     def public(self) -> Reconciliation:
         return Reconciliation(
@@ -103,8 +106,14 @@ class Recovery:
 
     @property
     def idle(self) -> bool:
-        """Nothing to remember: no attempt made, none planned, no stall."""
-        return not (self.attempts or self.next_attempt or self.outcome or self.stalled_since)
+        """Nothing to remember: no attempt made, none planned, no stall, no hostile file."""
+        return not (
+            self.attempts
+            or self.next_attempt
+            or self.outcome
+            or self.stalled_since
+            or self.hostile_files
+        )
 
 
 def stored_health(record: SessionRecord) -> Health:
@@ -195,6 +204,9 @@ def with_recovery(
     """The health once automatic recovery is taken into account, with its reason."""
     if recovery.stalled_since is not None and health is Health.HEALTHY:
         details["stalled_since"] = recovery.stalled_since.isoformat().replace("+00:00", "Z")
+    if recovery.hostile_files:
+        # The agent's chat or state stops updating from these; the session itself still runs.
+        details["hostile_files"] = dict(recovery.hostile_files)
     if recovery.outcome is None or record.archived:
         return health
     details["recovery"] = recovery.outcome.value

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from daemon import homefs
 from daemon.agents.runner import (
     CONTAINER_HOME,
     TERMINAL_ENV,
@@ -54,10 +55,12 @@ class ClaudeRunner(KeyedRunner):
         return self.settings.agents.anthropic_api_key
 
     def prepare_home(self, home: Path, record: SessionRecord, working_dir: str) -> None:
-        (home / ".corral").mkdir(parents=True, exist_ok=True)
+        # The home is the container's: every write goes through homefs, following no link.
+        homefs.make_dir(home, ".corral")
         approved = [self.api_key[-20:]] if self.api_key else []
         merge_json_file(
-            home / ".claude.json",
+            home,
+            ".claude.json",
             {
                 "hasCompletedOnboarding": True,
                 "lastOnboardingVersion": CLI_VERSION,
@@ -72,7 +75,7 @@ class ClaudeRunner(KeyedRunner):
                 },
             },
         )
-        write_hooks(home / ".claude" / "settings.json", HOOK_EVENTS)
+        write_hooks(home, ".claude/settings.json", HOOK_EVENTS)
 
     def launch(
         self, record: SessionRecord, working_dir: str, home: str = CONTAINER_HOME

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from daemon import homefs
 from daemon.agents.runner import (
     CONTAINER_HOME,
     TERMINAL_ENV,
@@ -85,11 +86,12 @@ class CodexRunner(KeyedRunner):
         return "\n".join(lines) + "\n"
 
     def prepare_home(self, home: Path, record: SessionRecord, working_dir: str) -> None:
-        (home / ".corral").mkdir(parents=True, exist_ok=True)
-        config = home / ".codex" / "config.toml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(self.config_toml(record, working_dir))
-        write_hooks(home / ".codex" / "hooks.json", HOOK_EVENTS)
+        # The home is the container's: every write goes through homefs, following no link.
+        homefs.make_dir(home, ".corral")
+        homefs.write_file(
+            home, ".codex/config.toml", self.config_toml(record, working_dir).encode()
+        )
+        write_hooks(home, ".codex/hooks.json", HOOK_EVENTS)
 
     def launch(
         self, record: SessionRecord, working_dir: str, home: str = CONTAINER_HOME

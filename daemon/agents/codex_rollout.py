@@ -54,6 +54,7 @@ from daemon.agents.transcript import (
     RecentKeys,
     cap_input,
     format_timestamp,
+    loads_bounded,
     truncate_output,
 )
 
@@ -179,7 +180,7 @@ def _output_text_and_error(output: Any) -> tuple[str, bool]:
     # Older Codex wrapped shell output as JSON with the exit code beside it.
     if output.startswith("{"):
         try:
-            wrapped = json.loads(output)
+            wrapped = loads_bounded(output)  # text the container wrote: bounded nesting
         except ValueError:
             wrapped = None
         if isinstance(wrapped, dict) and isinstance(wrapped.get("output"), str):
@@ -375,7 +376,7 @@ def _arguments(raw: str | dict[str, Any] | None) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        parsed = json.loads(raw)
+        parsed = loads_bounded(raw)  # text the container wrote: bounded nesting
     except ValueError:
         return {"arguments": raw}
     return parsed if isinstance(parsed, dict) else {"arguments": raw}

@@ -6,16 +6,21 @@ import json
 import os
 import re
 import shlex
-import shutil
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import structlog
 from pydantic import SecretStr
 
+from daemon import homefs
+from daemon.agents.transcript import loads_bounded
 from daemon.settings import Settings, deep_merge
 from daemon.store import SessionRecord
+
+log = structlog.get_logger(__name__)
 
 # The agent's terminal is the container's TTY; these make the CLIs look right in xterm.js.
 TERMINAL_ENV = {"TERM": "xterm-256color", "COLORTERM": "truecolor"}
@@ -64,12 +69,12 @@ class KeyedRunner:
         return self.configured_key().get_secret_value() or self.environ.get(self.key_env, "")
 
 
-def write_hooks(path: Path, events: Iterable[str]) -> None:
+def write_hooks(home: Path, relative: str, events: Iterable[str]) -> None:
     """Hook every event to append its JSON to ``$HOME/HOOKS_FILE`` (Claude's and Codex's
-    hooks files share this shape); the agent's own entries are kept."""
+    hooks files share this shape, ``relative`` to the home); the agent's own entries are kept."""
     hook = {"type": "command", "command": f'{{ cat; echo; }} >> "$HOME/{HOOKS_FILE}"'}
     merge_json_file(
-        path, {"hooks": {event: [{"matcher": "", "hooks": [hook]}] for event in events}}
+        home, relative, {"hooks": {event: [{"matcher": "", "hooks": [hook]}] for event in events}}
     )
 
 
@@ -101,14 +106,18 @@ def copy_attachments(home: Path, image_paths: list[str]) -> None:
     """Copy the attached files into the agent home (blocking: run it in a worker thread).
 
     The agent sees its home but not the user's disk, so the files travel with the session;
-    a copy already there is kept (the first prompt is the one that names them).
+    a copy already there is kept (the first prompt is the one that names them). The home is
+    the container's: a copy is written without following links (``homefs``), and anything
+    but a regular file where one is expected is replaced.
     """
-    target = home / ATTACHMENTS_DIR
     for source, name in zip(image_paths, attachment_names(image_paths), strict=True):
-        destination = target / name
-        if not destination.exists():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, destination)
+        relative = f"{ATTACHMENTS_DIR}/{name}"
+        try:
+            if stat.S_ISREG(homefs.lstat(home, relative).st_mode):
+                continue
+        except (FileNotFoundError, homefs.HostileFile):
+            pass  # not there, or reached through a link: the copy makes the path whole
+        homefs.copy_into(home, relative, Path(source))
 
 
 def first_prompt(record: SessionRecord, home: str) -> str:
@@ -121,14 +130,22 @@ def first_prompt(record: SessionRecord, home: str) -> str:
     return f"{record.prompt}\n\nAttached files (read them from these paths):\n{listed}"
 
 
-def merge_json_file(path: Path, update: dict[str, Any]) -> None:
-    """Merge ``update`` into a JSON file the agent also writes, keeping the agent's keys."""
+def merge_json_file(home: Path, relative: str, update: dict[str, Any]) -> None:
+    """Merge ``update`` into a JSON file (``relative`` to the agent home) the agent also
+    writes, keeping the agent's keys.
+
+    The file is the container's: it is read bounded and only if it is a regular file, and
+    replaced, never written through. Content that cannot be read that way (a link, a FIFO,
+    too large, too deeply nested) is dropped for the daemon's own keys alone.
+    """
     current: dict[str, Any] = {}
-    if path.exists():
-        try:
-            loaded = json.loads(path.read_text())
-            current = loaded if isinstance(loaded, dict) else {}
-        except (OSError, json.JSONDecodeError):
-            current = {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(deep_merge(current, update), indent=2))
+    try:
+        loaded = loads_bounded(homefs.read_file(home, relative))
+        current = loaded if isinstance(loaded, dict) else {}
+    except FileNotFoundError:
+        pass
+    except homefs.HostileFile as exc:
+        log.warning("agent_file_replaced", path=exc.path, reason=exc.reason)
+    except ValueError:  # bad JSON, bad UTF-8, nesting too deep
+        current = {}
+    homefs.write_file(home, relative, json.dumps(deep_merge(current, update), indent=2).encode())

@@ -17,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 import structlog
+
+from daemon import homefs
+from daemon.homefs import HostileFile
 
 log = structlog.get_logger(__name__)
 
@@ -34,9 +36,16 @@ ChatEventType = Literal["chat_message", "tool_call", "tool_result"]
 # viewer, so each is capped. 64 KiB keeps a useful head of any output.
 MAX_OUTPUT_BYTES = 64 * 1024
 MAX_INPUT_STRING_BYTES = 16 * 1024  # per string value of a tool call's input
-# Bytes read per step: large enough for a burst of records in one thread hop, small enough
-# that the first read of a long transcript does not hold tens of MiB at once.
-READ_CHUNK_BYTES = 4 * 1024 * 1024
+# Bytes read per call: large enough for a burst of records in one thread hop, small enough
+# that neither the first read of a long transcript nor a file the container fills as fast
+# as it can holds more than this at once.
+READ_CHUNK_BYTES = 1024 * 1024
+# A line longer than this is skipped. Claude Code's longest records (a tool result holding
+# a large file) are far below; the events made from them are capped at 64 KiB anyway.
+MAX_LINE_BYTES = 1024 * 1024
+# Deeper JSON is skipped: real records nest a dozen levels; recursive handling (pydantic,
+# cap_input, json.dumps) of a value near Python's limit of about a thousand raises.
+MAX_JSON_DEPTH = 100
 # Bytes kept from just before the offset to notice a file rewritten in place (same inode,
 # not shorter): if they changed, the offset no longer means anything.
 _ANCHOR_BYTES = 64
@@ -126,38 +135,97 @@ class RecentKeys:
         return list(self._keys)
 
 
+def loads_bounded(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for text a container wrote: ValueError for bad JSON, bad UTF-8, or
+    nesting deeper than ``max_depth``.
+
+    Python's decoder gives up at about a thousand levels (RecursionError, made a ValueError
+    here); a value just under that still breaks the recursive code that handles it later
+    (validation, capping, ``json.dumps`` of the stored event), so the bound is much lower.
+    """
+    try:
+        value = json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+    if not _depth_within(value, max_depth):
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    # An explicit stack: the point is not to recurse on what the container wrote.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict):
+            children: Iterable[Any] = current.values()
+        elif isinstance(current, list):
+            children = current
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class _ReadResult:
     records: list[dict[str, Any]]
     offset: int
+    skip_from: int | None
     inode: int | None
     anchor: bytes
+    bytes_read: int = 0
+    hostile: HostileFile | None = None
 
 
 class TranscriptTailer:
-    """Follows one JSONL file as it grows, from a byte offset the caller persists.
+    """Follows one JSONL file in an agent home as it grows, from a byte offset the caller
+    persists.
 
     ``await read_new()`` returns the JSON objects of the complete lines written since the
-    last call (about ``chunk_bytes`` of them at most; call again while ``offset`` moves to
-    drain a backlog). A line that is not a JSON object is skipped and logged; the lines after
-    it are still read. A missing file reads as empty. A file that shrank below the offset,
-    was replaced by another file, or whose bytes just before the offset changed (rewritten
-    in place) is read again from the start: the parsers drop records they already emitted.
-    Not safe for concurrent ``read_new`` calls on one tailer.
+    last call. A line that is not a JSON object, is nested deeper than
+    :data:`MAX_JSON_DEPTH` or is longer than ``max_line_bytes`` is skipped and logged; the
+    lines after it are still read. A missing file reads as empty. A file that shrank below
+    the offset, was replaced by another file, or whose bytes just before the offset changed
+    (rewritten in place) is read again from the start: the parsers drop records they
+    already emitted. Not safe for concurrent ``read_new`` calls on one tailer.
+
+    The file is the container's, so a call reads at most ``max(chunk_bytes,
+    max_line_bytes + 1)`` bytes (call again while ``offset`` moves to drain a backlog), a
+    long line is skipped as it is read (never held whole), and the file is opened through
+    ``homefs`` below ``root`` (default: the file's directory): a symlink, FIFO, device or
+    anything but a regular file is not read at all and shows in :attr:`hostile`.
     """
 
     def __init__(
-        self, path: Path | str, offset: int = 0, *, chunk_bytes: int = READ_CHUNK_BYTES
+        self,
+        path: Path | str,
+        offset: int = 0,
+        *,
+        root: Path | None = None,
+        chunk_bytes: int = READ_CHUNK_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         if offset < 0:
             raise ValueError("offset must be >= 0")
         self.path = Path(path)
+        self.root = root if root is not None else self.path.parent
+        # Raises ValueError for a path outside the root.
+        self.relative = self.path.relative_to(self.root).as_posix()
         self.chunk_bytes = chunk_bytes
+        self.max_line_bytes = max_line_bytes
         self._offset = offset
+        # Where the scan of an over-long line has reached; the offset stays at its start.
+        self._skip_from: int | None = None
         # Known only after a read in this process; a persisted offset alone is checked by
         # the byte before it being a newline.
         self._inode: int | None = None
         self._anchor = b""
+        self.bytes_read = 0  # read from the file by this tailer, in this process
+        # Why the file was not read at the last call, or None: a HostileFile says what it is.
+        self.hostile: HostileFile | None = None
 
     @property
     def offset(self) -> int:
@@ -167,43 +235,95 @@ class TranscriptTailer:
     async def read_new(self) -> list[dict[str, Any]]:
         # The read runs in a thread and returns the new position instead of setting it, so a
         # cancelled call changes nothing and the next one reads the same lines again.
-        result = await asyncio.to_thread(self._read, self._offset, self._inode, self._anchor)
-        self._offset, self._inode, self._anchor = result.offset, result.inode, result.anchor
+        result = await asyncio.to_thread(
+            self._read, self._offset, self._skip_from, self._inode, self._anchor
+        )
+        self._offset, self._skip_from = result.offset, result.skip_from
+        self._inode, self._anchor = result.inode, result.anchor
+        self.bytes_read += result.bytes_read
+        self.hostile = result.hostile
         return result.records
 
-    def _read(self, offset: int, inode: int | None, anchor: bytes) -> _ReadResult:
+    def _read(
+        self, offset: int, skip_from: int | None, inode: int | None, anchor: bytes
+    ) -> _ReadResult:
         try:
-            with open(self.path, "rb") as f:
-                return self._read_open(f, offset, inode, anchor)
+            fd, st = homefs.open_regular(self.root, self.relative)
         except FileNotFoundError:
             # Not written yet: the CLI creates its transcript with its first record.
-            return _ReadResult([], offset, inode, anchor)
+            return _ReadResult([], offset, skip_from, inode, anchor)
+        except HostileFile as exc:
+            return _ReadResult([], offset, skip_from, inode, anchor, hostile=exc)
+        except OSError as exc:  # unreadable (permissions, say): reported, not raised per poll
+            hostile = HostileFile(self.relative, f"cannot be opened: {exc.strerror}")
+            return _ReadResult([], offset, skip_from, inode, anchor, hostile=hostile)
+        try:
+            return self._read_open(fd, st, offset, skip_from, inode, anchor)
+        finally:
+            os.close(fd)
 
-    def _read_open(self, f: BinaryIO, offset: int, inode: int | None, anchor: bytes) -> _ReadResult:
-        st = os.fstat(f.fileno())
-        if offset and self._restart_reason(f, st, offset, inode, anchor):
-            offset, anchor = 0, b""
-        f.seek(offset)
-        data = f.read(self.chunk_bytes)
+    def _read_open(
+        self,
+        fd: int,
+        st: os.stat_result,
+        offset: int,
+        skip_from: int | None,
+        inode: int | None,
+        anchor: bytes,
+    ) -> _ReadResult:
+        if offset and self._restart_reason(fd, st, offset, skip_from, inode, anchor):
+            offset, skip_from, anchor = 0, None, b""
+        read = 0
+        if skip_from is not None:
+            # Inside a line over the cap: look for its end, keeping nothing of it.
+            data = os.pread(fd, self.chunk_bytes, skip_from)
+            read += len(data)
+            end_of_long = data.find(b"\n")
+            if end_of_long < 0:
+                return _ReadResult([], offset, skip_from + len(data), st.st_ino, anchor, read)
+            position = skip_from + end_of_long + 1
+            log.warning(
+                "transcript_line_skipped",
+                path=str(self.path),
+                offset=offset,
+                reason="too_long",
+                length=position - offset,
+            )
+            anchor = data[: end_of_long + 1][-_ANCHOR_BYTES:]
+            data = data[end_of_long + 1 :]
+        else:
+            position = offset
+            data = os.pread(fd, self.chunk_bytes, position)
+            read += len(data)
+            at_end = len(data) < self.chunk_bytes
+            # A line longer than a chunk but within the cap: read on until it ends.
+            while b"\n" not in data and not at_end and len(data) <= self.max_line_bytes:
+                want = min(self.chunk_bytes, self.max_line_bytes + 1 - len(data))
+                more = os.pread(fd, want, position + len(data))
+                read += len(more)
+                at_end = len(more) < want
+                data += more
+            if b"\n" not in data and len(data) > self.max_line_bytes:
+                # Over the cap: skipped from here on, as it is read.
+                return _ReadResult([], offset, position + len(data), st.st_ino, anchor, read)
         end = data.rfind(b"\n")
-        # A single line longer than a chunk: keep reading until it ends or the file does.
-        while end < 0 and len(data) >= self.chunk_bytes:
-            more = f.read(self.chunk_bytes)
-            if not more:
-                break
-            data += more
-            end = data.rfind(b"\n")
         complete = data[: end + 1]
-        records = self._parse_lines(complete, offset)
+        records = self._parse_lines(complete, position)
         new_anchor = (anchor + complete)[-_ANCHOR_BYTES:]
-        return _ReadResult(records, offset + len(complete), st.st_ino, new_anchor)
+        return _ReadResult(records, position + len(complete), None, st.st_ino, new_anchor, read)
 
     def _restart_reason(
-        self, f: BinaryIO, st: os.stat_result, offset: int, inode: int | None, anchor: bytes
+        self,
+        fd: int,
+        st: os.stat_result,
+        offset: int,
+        skip_from: int | None,
+        inode: int | None,
+        anchor: bytes,
     ) -> str | None:
         """Why ``offset`` no longer points just past a line we read, or None if it still does."""
         reason: str | None = None
-        if st.st_size < offset:
+        if st.st_size < max(offset, skip_from or 0):
             reason = "truncated"
         elif inode is not None and st.st_ino != inode:
             reason = "replaced"
@@ -212,8 +332,7 @@ class TranscriptTailer:
             # restored from storage, at least a line's end).
             expected = anchor or b"\n"
             n = min(len(expected), offset)
-            f.seek(offset - n)
-            if f.read(n) != expected[-n:]:
+            if os.pread(fd, n, offset - n) != expected[-n:]:
                 reason = "rewritten"
         if reason:
             log.warning(
@@ -232,40 +351,49 @@ class TranscriptTailer:
             line_offset, position = position, position + len(line)
             if not line.strip():
                 continue
-            try:
-                value = json.loads(line)
-            except (ValueError, RecursionError):
-                # ValueError covers bad JSON and bad UTF-8. The content is not logged: it can
-                # hold anything the agent saw, secrets included.
-                log.warning("transcript_line_skipped", path=str(self.path), offset=line_offset)
-                continue
-            if not isinstance(value, dict):
-                log.warning("transcript_line_skipped", path=str(self.path), offset=line_offset)
-                continue
-            records.append(value)
+            reason = None
+            if len(line) > self.max_line_bytes:
+                reason = "too_long"
+            else:
+                try:
+                    value = loads_bounded(line)
+                except ValueError:
+                    # Bad JSON, bad UTF-8, or nested too deeply.
+                    reason = "not_json"
+                else:
+                    if isinstance(value, dict):
+                        records.append(value)
+                    else:
+                        reason = "not_object"
+            if reason:
+                # The content is not logged: it can hold anything the agent saw, secrets
+                # included.
+                log.warning(
+                    "transcript_line_skipped",
+                    path=str(self.path),
+                    offset=line_offset,
+                    reason=reason,
+                    length=len(line),
+                )
         return records
 
 
 def newest_file_sync(directory: Path | str, pattern: str) -> Path | None:
-    """The most recently modified file under ``directory`` matching ``pattern``, or None.
+    """The most recently modified regular file under ``directory`` matching ``pattern``, or
+    None; found without following links (``homefs.find_files``), so a linked directory in
+    the agent home leads nowhere outside it.
 
     Ties on mtime go to the greater name: Codex names rollouts by start time, so that is the
-    later one. A file removed between listing and stat is passed over.
+    later one.
     """
-    best: tuple[float, str, Path] | None = None
-    for path in Path(directory).glob(pattern):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        key = (st.st_mtime, path.name, path)
+    best: tuple[float, str, PurePosixPath] | None = None
+    for relative, st in homefs.find_files(Path(directory), pattern):
+        key = (st.st_mtime, relative.name, relative)
         if best is None or key[:2] > best[:2]:
             best = key
-    return best[2] if best is not None else None
+    return Path(directory) / best[2] if best is not None else None
 
 
 async def newest_file(directory: Path | str, pattern: str) -> Path | None:
-    """:func:`newest_file_sync` in a worker thread: a glob over a home is disk I/O."""
+    """:func:`newest_file_sync` in a worker thread: a walk over a home is disk I/O."""
     return await asyncio.to_thread(newest_file_sync, directory, pattern)

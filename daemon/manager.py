@@ -46,6 +46,7 @@ from daemon.errors import (
     InvalidRequest,
     SessionNotFound,
 )
+from daemon.git_mounts import GitWorktree, git_mounts
 from daemon.health import Observation, Recovery, report, stored_health
 from daemon.hub import EventHub
 from daemon.models import (
@@ -63,7 +64,7 @@ from daemon.models import (
 )
 from daemon.names import generate_name
 from daemon.settings import Settings
-from daemon.store import SessionRecord, Store, StoreError, utcnow
+from daemon.store import SessionRecord, Store, StoreError, creation_time, utcnow
 from daemon.tasks import TaskSupervisor
 
 log = structlog.get_logger(__name__)
@@ -319,7 +320,7 @@ class SessionManager:
             else:
                 await self._check_name_free(name, resolved)
             await self._check_engine(backend)
-            now = utcnow()
+            now = creation_time()  # sub-second and increasing: the list's order
             record = SessionRecord(
                 id=str(uuid.uuid4()),
                 name=name,
@@ -393,8 +394,21 @@ class SessionManager:
     ) -> list[tuple[RepositoryRequest, worktrees.RepoInfo, str]]:
         timeout = self.settings.sessions.git_timeout
         field = "repo_path" if len(requests) == 1 else "repositories.{}.path"
+        allowed = resolved_roots(self.settings.server.allowed_roots)
+        # The roots first, before git or anything else opens a path: one answer for every
+        # path outside them, whether it exists, is a repository or not (no probing).
+        paths = [r.path for r in requests]
+        outside = await asyncio.to_thread(self._outside_roots, paths, allowed)
+        if outside is not None:
+            raise self._outside_error(paths[outside], field.format(outside))
         results = await asyncio.gather(
-            *(worktrees.resolve_repository(r.path, timeout=timeout) for r in requests),
+            *(
+                # Not a repository in the data dir: its config would be a container's.
+                worktrees.resolve_repository(
+                    r.path, timeout=timeout, untrusted=(str(self.settings.data_dir),)
+                )
+                for r in requests
+            ),
             return_exceptions=True,
         )
         problems: list[dict[str, str]] = []
@@ -408,13 +422,10 @@ class SessionManager:
                 infos.append(result)
         if problems:
             raise InvalidRequest(problems[0]["message"], problems)
-        allowed = resolved_roots(self.settings.server.allowed_roots)
-        for index, info in enumerate(infos):
-            if not within(info.root, allowed):
-                raise Forbidden(
-                    f"{info.root} is outside the folders this daemon may use",
-                    [{"field": field.format(index), "message": "outside server.allowed_roots"}],
-                )
+        # A folder inside the roots of a repository whose top level is not: the same answer.
+        roots_in = await asyncio.to_thread(self._outside_roots, [i.root for i in infos], allowed)
+        if roots_in is not None:
+            raise self._outside_error(paths[roots_in], field.format(roots_in))
         roots = [i.root for i in infos]
         if len(set(roots)) != len(roots):
             raise InvalidRequest(
@@ -439,15 +450,32 @@ class SessionManager:
             resolved.append((req, info, base))
         return resolved
 
+    @staticmethod
+    def _outside_roots(paths: list[str], allowed: list[Path]) -> int | None:
+        """The index of the first absolute path outside ``allowed`` (blocking: it resolves
+        links). A relative path is left to the repository check, which refuses it unread."""
+        for index, path in enumerate(paths):
+            if Path(path).expanduser().is_absolute() and not within(path, allowed):
+                return index
+        return None
+
+    @staticmethod
+    def _outside_error(path: str, field: str) -> Forbidden:
+        return Forbidden(
+            f"{path} is outside the folders this daemon may use",
+            [{"field": field, "message": "outside server.allowed_roots"}],
+        )
+
     async def _check_image_paths(self, paths: list[str]) -> None:
         allowed = resolved_roots(self.settings.server.allowed_roots)
 
         def missing() -> list[str]:
+            # within() before is_file(): nothing outside the roots is looked at.
             return [
                 p
                 for p in paths
                 if "\x00" in p
-                or not (Path(p).is_absolute() and Path(p).is_file() and within(p, allowed))
+                or not (Path(p).is_absolute() and within(p, allowed) and Path(p).is_file())
             ]
 
         bad = await asyncio.to_thread(missing)
@@ -565,13 +593,13 @@ class SessionManager:
 
     def _spec(self, record: SessionRecord) -> ContainerSpec:
         mounts: list[Mount] = []
-        git_dirs: set[str] = set()
+        git_repos: list[GitWorktree] = []
         for repo in record.repositories:
             target = CONTAINER_WORKSPACE if repo.is_primary else f"/repos/{repo.mount_name}"
             mounts.append(Mount(repo.worktree_path, target))
-            # The worktree's .git file names the main repository's .git by its host path.
-            git_dirs.add(str(Path(repo.path) / ".git"))
-        mounts += [Mount(d, d) for d in sorted(git_dirs)]
+            git_repos.append(GitWorktree(repo.path, repo.worktree_path, target))
+        # The main .git read-only, but where this session's work lands (daemon/git_mounts.py).
+        mounts += git_mounts(git_repos)
         mounts.append(Mount(str(self.agent_home(record.id)), CONTAINER_HOME))
         subdir = record.primary.subdir
         docker = self.settings.docker
@@ -598,7 +626,9 @@ class SessionManager:
             user=user,
             cpu_limit=docker.cpu_limit or None,
             memory_limit=docker.memory_limit_mb * 1024 * 1024 or None,
+            pids_limit=docker.pids_limit or None,
             network_mode=docker.network_mode,
+            allow_host_network=docker.allow_host_network,
             daemon_instance=str(self.settings.data_dir),
         )
 
@@ -610,7 +640,8 @@ class SessionManager:
         if not new_session:  # a new session has no container to sweep, its home is ready
             await self._remove_containers(record)
             await self._prepare_home(record)
-        info = await backend.create(self._spec(record))
+        # In a thread: the git mounts read and create folders in the repositories.
+        info = await backend.create(await asyncio.to_thread(self._spec, record))
         record.container_id = info.id
         await self.save(record, "container_id")
         await op.step("start", "Starting the container")

@@ -126,13 +126,10 @@ class AgentWatcher:
         watch = self._watches.get(record.id) or await self._open(record)
         self._watches[record.id] = watch
         found: dict[str, str] = {}
-        try:
-            moved = await self._read_transcript(record, watch, found)
-        finally:
-            # The hooks are read even when the transcript failed (a parser error, say).
-            moved_hooks = await self._read_hooks(record, watch, found)
-            await self._report_hostile(record, watch, found)
-        if moved or moved_hooks:
+        moved = await self._read_transcript(record, watch, found)
+        moved = await self._read_hooks(record, watch, found) or moved
+        await self._report_hostile(record, watch, found)
+        if moved:
             await self.manager.store.save_cursor(record.id, self._cursor(watch))
 
     async def _report_hostile(

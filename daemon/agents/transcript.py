@@ -6,6 +6,11 @@ daemon resumes where it stopped instead of re-reading (and re-publishing) the wh
 Only complete lines are returned: the CLI writes a record and its newline together, so a
 last line without its newline is still being written and waits for the next read.
 
+The file is the container's to write, so it is treated as hostile: opened through
+``homefs`` (no link followed, regular files only), read a bounded number of bytes at a
+time, over-long and over-deep lines skipped (:func:`loads_bounded` is for every JSON text
+that came from a container).
+
 The parsers (``claude_transcript``, ``codex_rollout``) turn records into
 :class:`ParsedEvent` values: the PROTOCOL payload of a ``chat_message``, ``tool_call`` or
 ``tool_result`` plus the transcript's own timestamp. Helpers here keep their output alike:

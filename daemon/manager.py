@@ -528,7 +528,7 @@ class SessionManager:
             await op.step("worktrees", "Creating worktrees")
             made_worktrees = await self._ensure_worktrees(record, new_session=True)
             await op.step("home", "Preparing the agent home")
-            await self._prepare_home(record)
+            await self._prepare_home(record, attach=True)
             await self._launch(record, op, new_session=True)
             await self.store.end_operation(op_id, "done")
         except Exception as exc:
@@ -580,7 +580,13 @@ class SessionManager:
         subdir = record.primary.subdir
         return f"{CONTAINER_WORKSPACE}/{subdir}" if subdir else CONTAINER_WORKSPACE
 
-    async def _prepare_home(self, record: SessionRecord) -> None:
+    async def _prepare_home(self, record: SessionRecord, *, attach: bool = False) -> None:
+        """Seed the agent home; with ``attach`` (a new session only) copy the attached files.
+
+        The files are read from the user's disk once, right after their paths were checked:
+        one may live where a container writes (an upload in a worktree), and a later
+        re-copy could find it swapped for a link to a host secret.
+        """
         home = self.agent_home(record.id)
         # The home is the container's $HOME: made here, then written only through homefs.
         await asyncio.to_thread(homefs.make_home, home)
@@ -589,7 +595,8 @@ class SessionManager:
             await asyncio.to_thread(
                 runner.prepare_home, home, record, self.agent_working_dir(record)
             )
-            await asyncio.to_thread(copy_attachments, home, record.image_paths)
+            if attach:
+                await asyncio.to_thread(copy_attachments, home, record.image_paths)
 
     def _spec(self, record: SessionRecord) -> ContainerSpec:
         mounts: list[Mount] = []

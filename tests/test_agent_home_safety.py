@@ -436,6 +436,31 @@ async def test_symlinks_planted_in_the_container_survive_a_recreate_harmlessly(
     in_container(recreated["container_id"], 'test -f "$HOME/.claude.json"')
 
 
+@pytest.mark.docker
+async def test_attachments_are_read_from_the_users_disk_once_at_create(
+    agent_settings: Settings, client: Any, git_repo: Path, victim: Path, tmp_path: Path
+) -> None:
+    """An attached file may live where a container writes (an upload in some worktree):
+    swapped later for a link to a host secret, a re-copy at recreate would hand the secret
+    to the agent. The files are copied once, when the session is made."""
+    shot = tmp_path / "shot.png"
+    shot.write_bytes(b"\x89PNG shot")
+    session = await create_running(client, git_repo, image_paths=[str(shot)])
+    assert session["status"] == "running", session
+    sid = session["id"]
+    copy = agent_settings.data_dir / "sessions" / sid / "home" / ATTACHMENTS_DIR / "1-shot.png"
+    assert copy.read_bytes() == b"\x89PNG shot"
+    shot.unlink()
+    shot.symlink_to(victim)
+    in_container(session["container_id"], f'rm "$HOME/{ATTACHMENTS_DIR}/1-shot.png"')
+
+    response = await client.post(f"/api/sessions/{sid}/recreate")
+    assert response.status == 200, await response.text()
+
+    await wait_for(client, sid, lambda s: s["status"] == "running")
+    assert not copy.exists()
+
+
 async def wait_health(
     client: Any, session_id: str, predicate: Any, timeout: float = 30
 ) -> dict[str, Any]:

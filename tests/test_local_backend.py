@@ -33,7 +33,9 @@ from backends.local import HIGH_WATER, READ_BYTES, LocalBackend, PtyStream, comm
 
 pytestmark = pytest.mark.timeout(30)
 
-STALL_LIMIT = 0.2  # seconds a 10 ms tick may come late; real stalls would be far longer
+# Seconds a 10 ms tick may come late. Generous, because a busy CI machine delays ticks
+# too; a blocking write on the loop would hold it until the flood drained (far longer).
+STALL_LIMIT = 1.0
 FLOOD = b"head -c 20000000 /dev/zero | base64 -w0; echo; echo END-$((1+1))\r"
 FLOOD_BYTES = 26_666_668  # base64 of 20,000,000 bytes, without line breaks
 

@@ -218,11 +218,10 @@ async def test_engine_stopped_and_started_again_while_sessions_run(
         report = await health_of(client, sid)
         assert report["reconciliation"]["attempts"] == 1
 
-        # The events stream works again after the reconnection.
-        started = time.monotonic()
+        # The events stream works again after the reconnection: the news comes within
+        # seconds, long before the periodic pass (30 s) could have found it.
         private_engine.docker("kill", recreated["container_id"])
         await events.next("session_status", session_id=sid, health="error", timeout=5)
-        assert time.monotonic() - started < 1.0
 
         # The private engine has started twice: the main engine's network is untouched.
         await asyncio.to_thread(assert_main_engine_bridge_works, busybox_image)

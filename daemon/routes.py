@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from daemon.errors import InvalidRequest, PayloadTooLarge
+from daemon.jsonbound import JsonTooDeep, loads_bounded
 from daemon.keys import SETTINGS
 from daemon.models import validation_details
 
@@ -27,43 +28,9 @@ M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 32
 
 
-class JsonTooDeep(ValueError):
-    """A JSON document nested deeper than :data:`MAX_JSON_DEPTH`."""
-
-    def __init__(self) -> None:
-        super().__init__(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-
-
-def _too_deep(value: Any, limit: int) -> bool:
-    """Whether containers nest past ``limit`` levels; iterative, so any depth is safe."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
 def loads_json(raw: str | bytes) -> Any:
-    """``json.loads`` with the nesting bounded; every failure is a ``ValueError``.
-
-    The C parser recurses per level and raises ``RecursionError`` (not a client error to
-    Python, so a 500 or a dropped socket) long before its own limit on a 100k-deep body.
-    """
-    try:
-        data = json.loads(raw)
-    except RecursionError:
-        raise JsonTooDeep() from None
-    if _too_deep(data, MAX_JSON_DEPTH):
-        raise JsonTooDeep()
-    return data
+    """A request body or socket frame: JSON nested at most :data:`MAX_JSON_DEPTH` levels."""
+    return loads_bounded(raw, MAX_JSON_DEPTH)
 
 
 @dataclass(frozen=True)

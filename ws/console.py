@@ -14,9 +14,10 @@ from aiohttp import WSMsgType, web
 
 from backends.base import BackendError
 from daemon.console import Attachment, clamp_size
+from daemon.jsonbound import JsonTooDeep
 from daemon.keys import CONSOLES, MANAGER, SETTINGS, SOCKETS
 from daemon.models import SessionStatus
-from daemon.routes import JsonTooDeep, loads_json
+from daemon.routes import loads_json
 from ws.connection import Connection
 
 log = structlog.get_logger(__name__)

@@ -19,9 +19,10 @@ from aiohttp import WSMsgType, web
 
 from daemon.errors import ApiError
 from daemon.hub import Event
+from daemon.jsonbound import JsonTooDeep
 from daemon.keys import HUB, MANAGER, SETTINGS, SOCKETS, STORE
 from daemon.manager import SessionManager
-from daemon.routes import JsonTooDeep, loads_json
+from daemon.routes import loads_json
 from ws.connection import Connection
 
 log = structlog.get_logger(__name__)

@@ -20,7 +20,6 @@ one timestamp format, one truncation rule for tool output, one bounded set of se
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any, Literal
 
 import structlog
 
-from daemon import homefs
+from daemon import homefs, jsonbound
 from daemon.homefs import HostileFile
 
 log = structlog.get_logger(__name__)
@@ -141,37 +140,9 @@ class RecentKeys:
 
 
 def loads_bounded(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``json.loads`` for text a container wrote: ValueError for bad JSON, bad UTF-8, or
-    nesting deeper than ``max_depth``.
-
-    Python's decoder gives up at about a thousand levels (RecursionError, made a ValueError
-    here); a value just under that still breaks the recursive code that handles it later
-    (validation, capping, ``json.dumps`` of the stored event), so the bound is much lower.
-    """
-    try:
-        value = json.loads(data)
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
-    if not _depth_within(value, max_depth):
-        raise ValueError(f"JSON nested deeper than {max_depth} levels")
-    return value
-
-
-def _depth_within(value: Any, limit: int) -> bool:
-    # An explicit stack: the point is not to recurse on what the container wrote.
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        current, depth = stack.pop()
-        if isinstance(current, dict):
-            children: Iterable[Any] = current.values()
-        elif isinstance(current, list):
-            children = current
-        else:
-            continue
-        if depth > limit:
-            return False
-        stack.extend((child, depth + 1) for child in children)
-    return True
+    """JSON a container wrote (:func:`daemon.jsonbound.loads_bounded`), at most
+    :data:`MAX_JSON_DEPTH` levels deep: every failure is a ValueError."""
+    return jsonbound.loads_bounded(data, max_depth)
 
 
 @dataclass(frozen=True, slots=True)

@@ -213,6 +213,19 @@ async def create_running(client: Any, repo: Path, **body: Any) -> dict[str, Any]
     return await wait_for(client, created["id"], lambda s: s["status"] != "creating")
 
 
+def docker_exec(
+    container_id: str, script: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``sh -c script`` in the container; the caller checks the result."""
+    return subprocess.run(
+        ["docker", "exec", container_id, "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
 def container_state(container_id: str) -> dict[str, Any]:
     out = subprocess.run(
         ["docker", "inspect", container_id], capture_output=True, text=True, check=False

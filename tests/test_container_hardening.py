@@ -27,7 +27,7 @@ from daemon.app import create_app
 from daemon.cli import warn_host_network
 from daemon.keys import TASKS
 from daemon.settings import Settings, SettingsError, load_settings
-from tests.conftest import container_state, create_running, sweep_containers
+from tests.conftest import container_state, create_running, docker_exec, sweep_containers
 from tests.model_server import ModelServer, bridge_gateway
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(90)]
@@ -51,16 +51,6 @@ async def daemon(aiohttp_client: Any) -> AsyncIterator[Daemon]:
     for app, settings in started:
         await app[TASKS].wait(timeout=30)
         sweep_containers(settings.data_dir)
-
-
-def docker_exec(container_id: str, script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", container_id, "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def status_fields(text: str) -> dict[str, str]:

@@ -21,22 +21,13 @@ from daemon import worktrees as wt
 from daemon.keys import MANAGER
 from daemon.orphans import OrphanSweeper
 from daemon.worktrees import admin_dir_of, common_dir_of
-from tests.conftest import create_running, make_repo, wait_for
+from tests.conftest import create_running, docker_exec, make_repo, wait_for
 
 
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
     ).stdout.strip()
-
-
-def docker_exec(container_id: str, script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "exec", container_id, "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def evil_script(tmp_path: Path) -> tuple[Path, Path]:

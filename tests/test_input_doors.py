@@ -27,8 +27,8 @@ from daemon.agents.codex import CodexRunner
 from daemon.app import create_app
 from daemon.keys import TASKS
 from daemon.settings import Settings
-from daemon.store import SessionRecord
 from tests.conftest import create_running, make_repo, wait_for
+from tests.test_agents import record as agent_record
 
 BOUNDARY = "corraldoors"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -380,25 +380,10 @@ def fake_cli(folder: Path, name: str) -> Path:
     return folder / f"{name}.args"
 
 
-def a_record(**fields: Any) -> SessionRecord:
-    base: dict[str, Any] = {
-        "id": "0f0e0d0c-0000-4000-8000-000000000001",
-        "name": "n",
-        "backend": "docker",
-        "agent": "claude",
-        "status": "creating",
-        "prompt": "do it",
-        "created_at": "2026-01-28T12:30:00Z",
-        "updated_at": "2026-01-28T12:30:00Z",
-        "repositories": [],
-    }
-    return SessionRecord.model_validate({**base, **fields})
-
-
 @pytest.mark.parametrize("runner_class", [ClaudeRunner, CodexRunner])
 def test_the_start_command_never_runs_a_folder_name(runner_class: Any, tmp_path: Path) -> None:
     runner = runner_class(Settings.model_validate({}), environ={})
-    record = a_record(agent=runner.name)
+    record = agent_record(agent=runner.name)
     working_dir = f"/workspace/{INJECTED}"
     launch = runner.launch(record, working_dir, str(tmp_path / "home"))
     args = fake_cli(tmp_path / "bin", runner.name)
@@ -413,7 +398,7 @@ def test_the_start_command_never_runs_a_folder_name(runner_class: Any, tmp_path:
         return args.read_text().splitlines()
 
     first = start()
-    assert first[-1] == "do it"
+    assert first[-1] == record.prompt
     assert list(cwd.iterdir()) == []
     assert not list(tmp_path.rglob("pwned"))
     if runner.name == "claude":

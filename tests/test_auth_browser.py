@@ -21,7 +21,7 @@ from daemon.app import create_app
 from daemon.keys import AUTH, TASKS
 from tests import ui_helpers
 from tests.test_auth import auth_settings
-from tests.ui_helpers import AUTHENTICATOR, CHROMIUM, CHROMIUM_ARGS, PageProblems, UiServer
+from tests.ui_helpers import AUTHENTICATOR, CHROMIUM, CHROMIUM_ARGS
 
 # The browser fixtures, bound here by name for pytest.
 web_dist = ui_helpers.web_dist
@@ -192,14 +192,10 @@ async def test_the_ui_lists_renames_and_deletes_passkeys_and_signs_out_everywher
 ) -> None:
     from playwright.async_api import expect
 
-    app = create_app(auth_settings(tmp_path), backends={"local": LocalBackend()})
-    server = await aiohttp_server(app, host="127.0.0.1")
-    client = await aiohttp_client(server)
-    base = f"http://localhost:{server.port}"
-    problems = PageProblems()
-    page = await ui_helpers.new_page(
-        ui_browser, UiServer(app=app, port=server.port, client=client), problems
+    ui, problems, page = await ui_helpers.local_page(
+        aiohttp_server, aiohttp_client, auth_settings(tmp_path), ui_browser
     )
+    app, client, base = ui.app, ui.client, ui.url
     cdp, laptop_authenticator = await authenticator(page)
 
     # The first passkey, with the setup token (the page gives it no name).

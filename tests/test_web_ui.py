@@ -602,19 +602,13 @@ async def test_with_sign_in_the_ui_offers_api_tokens_and_sign_out(
     aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path, web_dist: Path, ui_browser: Any
 ) -> None:
     """Auth on: the UI comes after the passkey page, manages API tokens and signs out."""
-    from backends.local import LocalBackend
-    from daemon.app import create_app
     from daemon.keys import AUTH
     from tests.test_auth import auth_settings
 
-    app = create_app(auth_settings(tmp_path), backends={"local": LocalBackend()})
-    server = await aiohttp_server(app, host="127.0.0.1")
-    client = await aiohttp_client(server)
-    base = f"http://localhost:{server.port}"
-    problems = PageProblems()
-    page = await ui_helpers.new_page(
-        ui_browser, UiServer(app=app, port=server.port, client=client), problems
+    ui, problems, page = await ui_helpers.local_page(
+        aiohttp_server, aiohttp_client, auth_settings(tmp_path), ui_browser
     )
+    app, client, base = ui.app, ui.client, ui.url
     cdp = await page.context.new_cdp_session(page)
     await cdp.send("WebAuthn.enable")
     await cdp.send("WebAuthn.addVirtualAuthenticator", {"options": AUTHENTICATOR})

@@ -144,6 +144,19 @@ async def new_page(browser: Browser, server: UiServer, problems: PageProblems) -
     return page
 
 
+async def local_page(
+    aiohttp_server: Any, aiohttp_client: Any, settings: Settings, browser: Browser
+) -> tuple[UiServer, PageProblems, Page]:
+    """The daemon with the local backend alone on a real port, and a fresh page for it."""
+    from backends.local import LocalBackend
+
+    app = create_app(settings, backends={"local": LocalBackend()})
+    server = await aiohttp_server(app, host="127.0.0.1")
+    ui = UiServer(app=app, port=server.port, client=await aiohttp_client(server))
+    problems = PageProblems()
+    return ui, problems, await new_page(browser, ui, problems)
+
+
 async def shot(page: Page, name: str) -> Path:
     """Save a screenshot of what the page shows now as test-artifacts/screenshots/<name>.png."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

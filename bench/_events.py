@@ -212,11 +212,11 @@ async def _corral_app(data_dir: Path, port: int) -> tuple[Any, str, Publish]:
     from datetime import UTC, datetime
 
     from daemon.app import create_app
+    from daemon.core.models import Repository, SessionStatus
+    from daemon.core.store import SessionRecord, Store
     from daemon.keys import HUB
     from daemon.log import configure_logging
-    from daemon.models import Repository, SessionStatus
     from daemon.settings import LoggingSettings, ServerSettings, Settings
-    from daemon.store import SessionRecord, Store
 
     configure_logging("warning")
     settings = Settings(

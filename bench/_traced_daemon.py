@@ -23,10 +23,11 @@ from typing import Any
 from aiohttp import web
 
 from backends.docker import DockerBackend
-from daemon import cli, worktrees
-from daemon.hub import EventHub
-from daemon.manager import SessionManager
-from daemon.store import Store
+from daemon import cli
+from daemon.core import worktrees
+from daemon.core.hub import EventHub
+from daemon.core.manager import SessionManager
+from daemon.core.store import Store
 
 SESSION: contextvars.ContextVar[str] = contextvars.ContextVar("bench_session", default="-")
 _out = open(sys.argv[1], "a", buffering=1)  # noqa: SIM115 - lives as long as the process

@@ -20,11 +20,15 @@ from aiohttp import WSCloseCode, web
 from backends.base import Backend
 from backends.docker import DockerBackend
 from backends.local import LocalBackend
-from daemon.agent_watch import AgentWatcher
 from daemon.auth.setup import setup_auth
-from daemon.console import Consoles
-from daemon.handlers import files, sessions, system  # noqa: F401 - they register routes
-from daemon.hub import EventHub
+from daemon.core.console import Consoles
+from daemon.core.hub import EventHub
+from daemon.core.manager import SessionManager
+from daemon.core.store import Store
+from daemon.core.tasks import TaskSupervisor
+from daemon.http.handlers import files, sessions, system  # noqa: F401 - they register routes
+from daemon.http.middlewares import setup_middlewares
+from daemon.http.routes import ROUTES
 from daemon.keys import (
     BACKENDS,
     CONSOLES,
@@ -37,13 +41,9 @@ from daemon.keys import (
     STORE,
     TASKS,
 )
-from daemon.manager import SessionManager
-from daemon.middlewares import setup_middlewares
-from daemon.reconcile import Reconciler
-from daemon.routes import ROUTES
 from daemon.settings import Settings
-from daemon.store import Store
-from daemon.tasks import TaskSupervisor
+from daemon.supervise.agent_watch import AgentWatcher
+from daemon.supervise.reconcile import Reconciler
 from ws.connection import OpenSockets
 from ws.console import console_socket
 from ws.events import events_socket

@@ -11,10 +11,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from daemon import __version__, attach
+from client import attach
+from daemon import __version__
 from daemon.auth.service import derive_rp_id
+from daemon.http.middlewares import is_loopback
 from daemon.log import configure_logging
-from daemon.middlewares import is_loopback
 from daemon.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger(__name__)

@@ -6,13 +6,13 @@ from aiohttp import web
 
 from backends.base import Backend
 from daemon.auth.service import Auth, Principal
-from daemon.console import Consoles
-from daemon.hub import EventHub
-from daemon.manager import SessionManager
-from daemon.reconcile import Reconciler
+from daemon.core.console import Consoles
+from daemon.core.hub import EventHub
+from daemon.core.manager import SessionManager
+from daemon.core.store import Store
+from daemon.core.tasks import TaskSupervisor
 from daemon.settings import Settings
-from daemon.store import Store
-from daemon.tasks import TaskSupervisor
+from daemon.supervise.reconcile import Reconciler
 from ws.connection import OpenSockets
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import homefs
 from daemon.agents.claude import ClaudeRunner
 from daemon.agents.claude_transcript import ClaudeTranscriptParser
 from daemon.agents.codex import CodexRunner
 from daemon.agents.codex_rollout import ROLLOUT_GLOB, CodexRolloutParser
 from daemon.agents.runner import ATTACHMENTS_DIR, HOOKS_FILE, copy_attachments
 from daemon.agents.transcript import TranscriptTailer, newest_file_sync
+from daemon.core import homefs
+from daemon.core.store import SessionRecord
 from daemon.settings import Settings
-from daemon.store import SessionRecord
 from tests.conftest import ROOT, create_running, wait_for
 
 VICTIM_TEXT = "ssh-ed25519 AAAA the user's own key\n"

@@ -481,7 +481,7 @@ async def test_browse_directory_bad_paths(
                 raise PermissionError(13, "Permission denied", str(path))
             return real_scandir(path)
 
-        monkeypatch.setattr("daemon.handlers.files.os.scandir", refuse)
+        monkeypatch.setattr("daemon.http.handlers.files.os.scandir", refuse)
     await error_of(
         await client.post("/api/browse-directory", json={"path": str(locked)}),
         403,

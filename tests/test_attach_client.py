@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from daemon.attach import (
+from client.attach import (
     AltScreen,
     Bridge,
     FdWriter,
@@ -321,7 +321,7 @@ async def read_until(stream: asyncio.StreamReader, marker: bytes, timeout: float
 
 async def run_attach(*args: str, **kwargs: Any) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon.attach", *args, cwd=ROOT, **kwargs
+        sys.executable, "-m", "client.attach", *args, cwd=ROOT, **kwargs
     )
 
 

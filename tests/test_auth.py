@@ -624,7 +624,7 @@ async def test_corral_attach_signs_in_with_corral_token(
 
 def test_protocol_security_routes_are_served() -> None:
     """PROTOCOL lists the auth routes in prose (its Security section), not the table."""
-    from daemon.routes import ROUTES
+    from daemon.http.routes import ROUTES
 
     protocol = Path(__file__).resolve().parent.parent.parent / "shared" / "PROTOCOL.md"
     if not protocol.exists():
@@ -786,8 +786,8 @@ async def test_setup_token_guesses_are_rate_limited(aiohttp_client: Any, tmp_pat
 
 
 def test_the_openapi_document_lists_rate_limits() -> None:
-    from daemon.openapi import openapi_document
-    from daemon.routes import ROUTES
+    from daemon.http.openapi import openapi_document
+    from daemon.http.routes import ROUTES
 
     document = openapi_document(ROUTES.specs)
     for path in ("/api/auth/login/begin", "/api/auth/login/complete",
@@ -949,7 +949,7 @@ async def test_passkeys_and_sessions_are_managed_from_a_browser_not_with_a_token
 
 def test_rate_limit_buckets_stay_bounded_under_many_addresses() -> None:
     """A flood from many addresses forgets the idle ones first; the global cap still holds."""
-    from daemon.ratelimit import GLOBAL, ClientLimit, RateLimiter
+    from daemon.http.ratelimit import GLOBAL, ClientLimit, RateLimiter
 
     clock = FakeClock()
     limit = ClientLimit(

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from backends.local import LocalBackend
 from daemon.app import create_app
 from daemon.cli import check_bind
-from daemon.confine import resolved_roots, within
-from daemon.errors import ApiError
-from daemon.handlers.files import _target_directory, check_upload_name
+from daemon.core.confine import resolved_roots, within
+from daemon.core.errors import ApiError
+from daemon.http.handlers.files import _target_directory, check_upload_name
 from daemon.keys import TASKS
 from daemon.log import SCRUBBER, SecretScrubber, register_secret
 from daemon.settings import Settings, SettingsError

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from daemon.routes import ROUTES
+from daemon.http.routes import ROUTES
 from daemon.settings import Section, Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

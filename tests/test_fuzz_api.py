@@ -28,8 +28,8 @@ from schemathesis.checks import (
 
 from backends.local import LocalBackend
 from daemon.app import create_app
-from daemon.openapi import openapi_document
-from daemon.routes import ROUTES
+from daemon.http.openapi import openapi_document
+from daemon.http.routes import ROUTES
 from daemon.settings import Settings
 
 MAX_EXAMPLES = int(os.environ.get("CORRALTEST_FUZZ_EXAMPLES", "30"))

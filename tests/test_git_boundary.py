@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from daemon import worktrees as wt
+from daemon.core import worktrees as wt
+from daemon.core.worktrees import admin_dir_of, common_dir_of
 from daemon.keys import MANAGER
-from daemon.orphans import OrphanSweeper
-from daemon.worktrees import admin_dir_of, common_dir_of
+from daemon.supervise.orphans import OrphanSweeper
 from tests.conftest import create_running, docker_exec, make_repo, wait_for
 
 
@@ -337,7 +337,7 @@ def test_a_ref_that_never_ends_costs_host_git_bounded_memory(
     script = f"""
 import asyncio, resource
 resource.setrlimit(resource.RLIMIT_DATA, (2 << 30, 2 << 30))
-from daemon import worktrees as wt
+from daemon.core import worktrees as wt
 wt.GIT_MEMORY_LIMIT = 256 << 20
 try:
     asyncio.run(wt.unsaved_work({str(worktree)!r}, "corral/s", repo_root={str(git_repo)!r}))

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from daemon import metadata
+from daemon.core.models import MetadataUpdate
+from daemon.core.store import SessionRecord
 from daemon.keys import HUB, SETTINGS
-from daemon.models import MetadataUpdate
 from daemon.settings import Settings
-from daemon.store import SessionRecord
+from daemon.supervise import metadata
 from tests.conftest import create_running
 from tests.model_server import FAKE_API_KEY, Error, Hold, ModelServer, Text
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from daemon.app import create_app
+from daemon.core.models import AgentState
 from daemon.keys import BACKENDS, MANAGER, RECONCILER, TASKS
-from daemon.models import AgentState
 from daemon.settings import ReconcileSettings, Settings
 from tests.conftest import container_state, create_running, sweep_containers, wait_for
 from tests.test_events import Events, connect

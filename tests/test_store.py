@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from daemon.app import create_app
+from daemon.core.models import Repository, SessionStatus
+from daemon.core.store import MIGRATIONS, SessionRecord, Store, StoreError
 from daemon.keys import MANAGER, TASKS
-from daemon.models import Repository, SessionStatus
-from daemon.store import MIGRATIONS, SessionRecord, Store, StoreError
 from tests.conftest import sweep_containers, wait_for
 
 

@@ -1,4 +1,4 @@
-"""daemon.worktrees against real git in temporary folders."""
+"""daemon.core.worktrees against real git in temporary folders."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import make_repo
 
-from daemon import worktrees as wt
-from daemon.worktrees import GitError, InvalidRepository
+from daemon.core import worktrees as wt
+from daemon.core.worktrees import GitError, InvalidRepository
 
 BRANCH = "corral/test-session"
 

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import WSCloseCode, web
 
-from daemon.errors import ApiError
+from daemon.core.errors import ApiError
 
 log = structlog.get_logger(__name__)
 

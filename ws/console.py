@@ -13,11 +13,11 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from backends.base import BackendError
-from daemon.console import Attachment, clamp_size
-from daemon.jsonbound import JsonTooDeep
+from daemon.core.console import Attachment, clamp_size
+from daemon.core.jsonbound import JsonTooDeep
+from daemon.core.models import SessionStatus
+from daemon.http.routes import loads_json
 from daemon.keys import CONSOLES, MANAGER, SETTINGS, SOCKETS
-from daemon.models import SessionStatus
-from daemon.routes import loads_json
 from ws.connection import Connection
 
 log = structlog.get_logger(__name__)

@@ -17,12 +17,12 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from daemon.errors import ApiError
-from daemon.hub import Event
-from daemon.jsonbound import JsonTooDeep
+from daemon.core.errors import ApiError
+from daemon.core.hub import Event
+from daemon.core.jsonbound import JsonTooDeep
+from daemon.core.manager import SessionManager
+from daemon.http.routes import loads_json
 from daemon.keys import HUB, MANAGER, SETTINGS, SOCKETS, STORE
-from daemon.manager import SessionManager
-from daemon.routes import loads_json
 from ws.connection import Connection
 
 log = structlog.get_logger(__name__)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from daemon import homefs
 from daemon.agents.runner import (
     CONTAINER_HOME,
     TERMINAL_ENV,
@@ -24,7 +23,8 @@ from daemon.agents.runner import (
     shell_entry,
     write_hooks,
 )
-from daemon.store import SessionRecord
+from daemon.core import homefs
+from daemon.core.store import SessionRecord
 
 CLI_VERSION = "2.1.197"
 HOOK_EVENTS = ("UserPromptSubmit", "PreToolUse", "PostToolUse", "Notification", "Stop")

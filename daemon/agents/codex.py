@@ -27,7 +27,6 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from daemon import homefs
 from daemon.agents.runner import (
     CONTAINER_HOME,
     TERMINAL_ENV,
@@ -37,7 +36,8 @@ from daemon.agents.runner import (
     shell_entry,
     write_hooks,
 )
-from daemon.store import SessionRecord
+from daemon.core import homefs
+from daemon.core.store import SessionRecord
 
 API_KEY_ENV = "OPENAI_API_KEY"
 HOOK_EVENTS = ("UserPromptSubmit", "PreToolUse", "PostToolUse", "Stop")

@@ -15,10 +15,10 @@ from typing import Any, Protocol
 import structlog
 from pydantic import SecretStr
 
-from daemon import homefs
 from daemon.agents.transcript import loads_bounded
+from daemon.core import homefs
+from daemon.core.store import SessionRecord
 from daemon.settings import Settings, deep_merge
-from daemon.store import SessionRecord
 
 log = structlog.get_logger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import structlog
 
-from daemon import homefs, jsonbound
-from daemon.homefs import HostileFile
+from daemon.core import homefs, jsonbound
+from daemon.core.homefs import HostileFile
 
 log = structlog.get_logger(__name__)
 
@@ -140,7 +140,7 @@ class RecentKeys:
 
 
 def loads_bounded(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """JSON a container wrote (:func:`daemon.jsonbound.loads_bounded`), at most
+    """JSON a container wrote (:func:`daemon.core.jsonbound.loads_bounded`), at most
     :data:`MAX_JSON_DEPTH` levels deep: every failure is a ValueError."""
     return jsonbound.loads_bounded(data, max_depth)
 

@@ -34,10 +34,10 @@ from daemon.auth.models import (
 )
 from daemon.auth.service import Auth, Principal, credential_id_text
 from daemon.auth.store import ApiToken, Credential, User
-from daemon.errors import Conflict, RateLimited, Unauthorized
+from daemon.core.errors import Conflict, RateLimited, Unauthorized
+from daemon.http.middlewares import json_error
+from daemon.http.routes import ROUTES, Handler, dump, read_body
 from daemon.keys import AUTH, PRINCIPAL
-from daemon.middlewares import json_error
-from daemon.routes import ROUTES, Handler, dump, read_body
 
 TAGS = ("auth",)
 log = structlog.get_logger(__name__)

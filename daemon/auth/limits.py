@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from daemon.errors import RateLimited
-from daemon.ratelimit import ClientLimit, RateLimiter, retry_after
+from daemon.core.errors import RateLimited
+from daemon.http.ratelimit import ClientLimit, RateLimiter, retry_after
 from daemon.settings import AuthSettings
 
 

@@ -1,6 +1,6 @@
 """The auth middleware: with auth on, nothing but the public routes answers a stranger.
 
-It runs after the Host and Origin checks (``daemon/middlewares.py`` fixes the order), so a
+It runs after the Host and Origin checks (``daemon/http/middlewares.py`` fixes the order), so a
 hostile page is refused before its cookie is even looked at, and before any WebSocket
 upgrade: both sockets are ordinary GET routes here and get the same 401 JSON body.
 
@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from daemon.errors import Unauthorized
+from daemon.core.errors import Unauthorized
+from daemon.http.routes import Handler, RouteSpec, RouteTable
 from daemon.keys import AUTH, PRINCIPAL
-from daemon.routes import Handler, RouteSpec, RouteTable
 
 # The login page and its files (served by daemon/auth/setup.py) are what a signed-out
 # browser needs; they hold no data.

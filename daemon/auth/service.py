@@ -68,10 +68,10 @@ from webauthn.helpers.structs import (
 from daemon.auth import tokens
 from daemon.auth.limits import SignInLimits
 from daemon.auth.store import ApiToken, AuthStore, Credential, User, utcnow
-from daemon.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from daemon.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from daemon.core.store import Store
 from daemon.log import register_secret
 from daemon.settings import Settings, SettingsError
-from daemon.store import Store
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Wiring sign-in into the app: its state as a cleanup context, and the login page's files.
 
-The middleware itself is installed by ``daemon.middlewares.setup_middlewares`` (its place
+The middleware itself is installed by ``daemon.http.middlewares.setup_middlewares`` (its place
 in the order matters); the routes register themselves in the route table on import.
 """
 
@@ -14,8 +14,8 @@ from aiohttp import web
 from daemon.auth import handlers  # noqa: F401 - registers the auth routes
 from daemon.auth.middleware import LOGIN_FILES
 from daemon.auth.service import Auth
+from daemon.http.routes import Handler
 from daemon.keys import AUTH, SETTINGS, STORE
-from daemon.routes import Handler
 
 WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
 

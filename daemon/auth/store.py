@@ -1,6 +1,6 @@
 """Queries for users, passkeys, browser sessions and API tokens on the daemon's store.
 
-The tables come from migration 4 in ``daemon/store.py``; this module only reads and writes
+The tables come from migration 4 in ``daemon/core/store.py``; this module only reads and writes
 them, on the Store's one aiosqlite connection (one writer for the whole daemon). Browser
 sessions and API tokens are looked up by the SHA-256 of their secret, never kept in clear.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from daemon.store import Store
+from daemon.core.store import Store
 
 
 def utcnow() -> datetime:

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from daemon.store import Store, _ts, utcnow
+from daemon.core.store import Store, _ts, utcnow
 
 log = structlog.get_logger(__name__)
 

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from daemon.errors import InvalidRequest, PayloadTooLarge
-from daemon.jsonbound import JsonTooDeep, loads_bounded
+from daemon.core.errors import InvalidRequest, PayloadTooLarge
+from daemon.core.jsonbound import JsonTooDeep, loads_bounded
+from daemon.core.models import validation_details
 from daemon.keys import SETTINGS
-from daemon.models import validation_details
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)

@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from daemon.auth.middleware import auth_middleware
 from daemon.auth.service import derive_rp_id
-from daemon.errors import (
+from daemon.core.errors import (
     ApiError,
     Forbidden,
     InternalError,
@@ -33,8 +33,8 @@ from daemon.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from daemon.http.routes import ROUTES, Handler
 from daemon.keys import SETTINGS
-from daemon.routes import ROUTES, Handler
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)

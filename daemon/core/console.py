@@ -23,11 +23,11 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import structlog
 
 from backends.base import Backend, BackendError, TerminalStream
-from ws.connection import Connection
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +40,18 @@ MIN_COLS, MAX_COLS = 2, 1000
 MIN_ROWS, MAX_ROWS = 2, 500
 
 ExitCallback = Callable[[str, int | None], Awaitable[None]]
+
+
+class Viewer(Protocol):
+    """Whoever watches a terminal (a WebSocket, in ``ws/``). Every call returns at once:
+    a viewer queues what it is sent, and drops itself when it falls too far behind."""
+
+    def send_bytes(self, data: bytes) -> None: ...
+
+    def send_json(self, message: dict[str, Any]) -> None: ...
+
+    def end(self, code: int = ..., message: str = "") -> None:
+        """Close once what was queued has gone out."""
 
 
 class RingBuffer:
@@ -144,7 +156,7 @@ class Attachment:
         self.backend = backend
         self.container_id = container_id
         self.buffer = RingBuffer(buffer_bytes)
-        self.viewers: set[Connection] = set()
+        self.viewers: set[Viewer] = set()
         self.size: tuple[int, int] | None = None
         self.needs_redraw = False
         self.ended = asyncio.Event()
@@ -200,11 +212,11 @@ class Attachment:
         if self._on_exit is not None:
             await self._on_exit(self.session_id, self.exit_code)
 
-    def add_viewer(self, viewer: Connection) -> None:
+    def add_viewer(self, viewer: Viewer) -> None:
         viewer.send_bytes(self.buffer.replay())
         self.viewers.add(viewer)
 
-    def remove_viewer(self, viewer: Connection) -> None:
+    def remove_viewer(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
 
     async def write(self, data: bytes) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from daemon import metadata
-from daemon.keys import HUB, LIST_CACHE, MANAGER
-from daemon.manager import SessionManager
-from daemon.models import (
+from daemon.core.manager import SessionManager
+from daemon.core.models import (
     ChatEvent,
     ChatMessages,
     CreateSessionRequest,
@@ -22,7 +20,9 @@ from daemon.models import (
     SessionList,
     SessionStatus,
 )
-from daemon.routes import ROUTES, dump, read_body, read_query
+from daemon.http.routes import ROUTES, dump, read_body, read_query
+from daemon.keys import HUB, LIST_CACHE, MANAGER
+from daemon.supervise import metadata
 
 SESSION = "/api/sessions/{session_id}"
 TAGS = ("sessions",)

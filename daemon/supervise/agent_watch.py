@@ -29,11 +29,11 @@ from daemon.agents.claude_transcript import ClaudeTranscriptParser
 from daemon.agents.codex_rollout import ROLLOUT_GLOB, CodexRolloutParser
 from daemon.agents.runner import HOOKS_FILE
 from daemon.agents.transcript import ParsedEvent, TranscriptTailer, newest_file
-from daemon.health import Recovery
-from daemon.homefs import HostileFile
-from daemon.manager import CHAT_EVENT_TYPES, SessionManager
-from daemon.models import AgentState, SessionStatus
-from daemon.store import SessionRecord
+from daemon.core.health import Recovery
+from daemon.core.homefs import HostileFile
+from daemon.core.manager import CHAT_EVENT_TYPES, SessionManager
+from daemon.core.models import AgentState, SessionStatus
+from daemon.core.store import SessionRecord
 
 log = structlog.get_logger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon import __version__
+from daemon.core.models import DaemonHealth, DockerStatus, HealthSummary
+from daemon.http.openapi import openapi_document
+from daemon.http.routes import ROUTES, dump
 from daemon.keys import BACKENDS, RECONCILER, SETTINGS
-from daemon.models import DaemonHealth, DockerStatus, HealthSummary
-from daemon.openapi import openapi_document
-from daemon.routes import ROUTES, dump
 
 
 @ROUTES.route(

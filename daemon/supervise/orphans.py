@@ -27,9 +27,9 @@ from pathlib import Path
 import structlog
 
 from backends.base import Backend, BackendError, ContainerInfo
-from daemon import worktrees
-from daemon.manager import SessionManager
-from daemon.models import OrphanContainer, Orphans, OrphanWorktree, SessionStatus
+from daemon.core import worktrees
+from daemon.core.manager import SessionManager
+from daemon.core.models import OrphanContainer, Orphans, OrphanWorktree, SessionStatus
 
 log = structlog.get_logger(__name__)
 

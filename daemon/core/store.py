@@ -20,9 +20,9 @@ import aiosqlite
 import structlog
 from pydantic import BaseModel, Field
 
-from daemon import faults
-from daemon.errors import InternalError
-from daemon.models import AgentState, Progress, Repository, SessionStatus
+from daemon.core import faults
+from daemon.core.errors import InternalError
+from daemon.core.models import AgentState, Progress, Repository, SessionStatus
 
 log = structlog.get_logger(__name__)
 

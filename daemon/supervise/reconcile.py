@@ -14,11 +14,12 @@ and reconciliation"):
   jitter. A pass costs one engine call per backend however many sessions there are: one
   listing by label, never an inspection per session, plus a stat of every worktree. It
   brings each session's status and health in line, publishes what changed, plans
-  recoveries, and sweeps orphans (``daemon/orphans.py``).
+  recoveries, and sweeps orphans (``daemon/supervise/orphans.py``).
 * The startup pass proper (settling interrupted journaled operations and reattaching
   consoles) is the manager's ``load``; the first full pass here follows it.
 
-Automatic recovery is ``daemon/recovery.py``; the stall watchdog ``daemon/watchdog.py``.
+Automatic recovery is ``daemon/supervise/recovery.py``; the stall watchdog
+``daemon/supervise/watchdog.py``.
 A session with an operation under way is never observed: the operation settles it, and a
 check asked for meanwhile waits for it to end.
 """
@@ -37,10 +38,10 @@ from typing import Literal
 import structlog
 
 from backends.base import Backend, BackendError, BackendUnavailable, ContainerEvent
-from daemon.console import ExitCallback
-from daemon.health import Observation
-from daemon.manager import SessionManager
-from daemon.models import (
+from daemon.core.console import ExitCallback
+from daemon.core.health import Observation
+from daemon.core.manager import SessionManager
+from daemon.core.models import (
     EngineHealth,
     Health,
     HealthCounts,
@@ -49,11 +50,11 @@ from daemon.models import (
     SessionHealthSummary,
     SessionStatus,
 )
-from daemon.orphans import OrphanSweeper
-from daemon.recovery import BROKEN, Recoverer
+from daemon.core.store import SessionRecord, utcnow
 from daemon.settings import Settings
-from daemon.store import SessionRecord, utcnow
-from daemon.watchdog import StallWatchdog
+from daemon.supervise.orphans import OrphanSweeper
+from daemon.supervise.recovery import BROKEN, Recoverer
+from daemon.supervise.watchdog import StallWatchdog
 
 log = structlog.get_logger(__name__)
 

@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from backends.base import ContainerInfo, ContainerState
-from daemon.models import Action, Health, HealthReport, Reconciliation, SessionStatus
-from daemon.store import SessionRecord
+from daemon.core.models import Action, Health, HealthReport, Reconciliation, SessionStatus
+from daemon.core.store import SessionRecord
 
 # Whether the worktree's files and the conversation survive each action.
 DATA_PRESERVATION: dict[Action, bool] = {
@@ -68,7 +68,7 @@ class Outcome(enum.StrEnum):
 
 @dataclass
 class Recovery:
-    """What the reconciler has done for one session (kept by ``daemon/recovery.py``).
+    """What the reconciler has done for one session (kept by ``daemon/supervise/recovery.py``).
 
     The first five fields are stored; ``recreated`` says whether the last attempt made a
     running container (so a death after it counts toward a crash loop).
@@ -83,7 +83,7 @@ class Recovery:
     recreated: bool = False
     stalled_since: datetime | None = None
     # Files in the agent home the daemon refuses to read (path in the home → what it is),
-    # kept in memory by the agent watcher (daemon/agent_watch.py) while they stay so.
+    # kept in memory by the agent watcher (daemon/supervise/agent_watch.py) while they stay so.
     hostile_files: dict[str, str] = field(default_factory=dict)
 
     def public(self) -> Reconciliation:

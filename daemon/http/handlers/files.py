@@ -16,17 +16,17 @@ from pathlib import Path, PurePosixPath
 
 from aiohttp import BodyPartReader, web
 
-from daemon.confine import resolved_roots, within
-from daemon.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
-from daemon.keys import MANAGER, SETTINGS
-from daemon.models import (
+from daemon.core.confine import resolved_roots, within
+from daemon.core.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
+from daemon.core.models import (
     BrowseRequest,
     BrowseResponse,
     DirectoryEntry,
     UploadedFile,
     UploadResponse,
 )
-from daemon.routes import ROUTES, dump, read_body
+from daemon.http.routes import ROUTES, dump, read_body
+from daemon.keys import MANAGER, SETTINGS
 
 MAX_ENTRIES = 5000
 MAX_NAME_BYTES = 255

@@ -39,7 +39,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from daemon.console import MAX_COLS, MAX_ROWS, MIN_COLS, MIN_ROWS
+from daemon.core.console import MAX_COLS, MAX_ROWS, MIN_COLS, MIN_ROWS
 
 DEFAULT_URL = "http://127.0.0.1:3030"
 DEFAULT_DETACH_KEY = "ctrl-\\"
@@ -787,7 +787,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m daemon.attach", description="Attach this terminal to a corral session."
+        prog="python -m client.attach", description="Attach this terminal to a corral session."
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -20,11 +20,11 @@ from datetime import datetime
 
 import structlog
 
-from daemon.health import Recovery
-from daemon.hub import Event
-from daemon.manager import CHAT_EVENT_TYPES, SessionManager
-from daemon.models import AgentState, SessionStatus
-from daemon.store import SessionRecord, utcnow
+from daemon.core.health import Recovery
+from daemon.core.hub import Event
+from daemon.core.manager import CHAT_EVENT_TYPES, SessionManager
+from daemon.core.models import AgentState, SessionStatus
+from daemon.core.store import SessionRecord, utcnow
 
 log = structlog.get_logger(__name__)
 

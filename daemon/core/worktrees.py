@@ -8,7 +8,7 @@ never a blocking call), each call bounded by a timeout after which git and
 everything it started (hooks, aliases, credential helpers) are killed.
 
 A session's container can write into its worktree and into parts of the repository's
-``.git`` (see ``daemon/git_mounts.py``). Host git therefore never executes anything such a
+``.git`` (see ``daemon/core/git_mounts.py``). Host git therefore never executes anything such a
 container could have written: every call goes through :func:`_run`, which turns off hooks,
 fsmonitor, system and global config, pagers, editors, prompts, transports and submodule
 recursion; and calls on a session's worktree name its git directories explicitly, found

@@ -18,7 +18,7 @@ mounted read-only, with these read-write mounts on top (the deeper mount wins):
   redirect host git to another repository or give it per-worktree config.
 
 The worktree's own ``.git`` file is mounted read-only too; host git never reads it anyway
-(see :mod:`daemon.worktrees`).
+(see :mod:`daemon.core.worktrees`).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from backends.base import Mount
-from daemon.worktrees import GitError, admin_dir_of, common_dir_of
+from daemon.core.worktrees import GitError, admin_dir_of, common_dir_of
 
 __all__ = ["GitWorktree", "git_mounts"]
 
 # Where a session's own work lands in the common dir, relative to it. Session branches
-# are corral/<name> (daemon.manager.BRANCH_PREFIX).
+# are corral/<name> (daemon.core.manager.BRANCH_PREFIX).
 _WRITABLE_DIRS = ("objects", "refs/heads/corral", "logs/refs/heads/corral")
 _READ_ONLY_DIRS = ("objects/info",)
 # Files of the worktree's admin dir that tell git where everything else is, or add config.

@@ -31,13 +31,13 @@ from backends.base import (
     ImageNotFound,
     Mount,
 )
-from daemon import homefs, worktrees
 from daemon.agents.claude import ClaudeRunner
 from daemon.agents.codex import CodexRunner
 from daemon.agents.runner import CONTAINER_HOME, AgentRunner, copy_attachments
-from daemon.confine import resolved_roots, within
-from daemon.console import Consoles
-from daemon.errors import (
+from daemon.core import homefs, worktrees
+from daemon.core.confine import resolved_roots, within
+from daemon.core.console import Consoles
+from daemon.core.errors import (
     ApiError,
     BackendFailed,
     BackendUnavailableError,
@@ -46,10 +46,10 @@ from daemon.errors import (
     InvalidRequest,
     SessionNotFound,
 )
-from daemon.git_mounts import GitWorktree, git_mounts
-from daemon.health import Observation, Recovery, report, stored_health
-from daemon.hub import EventHub
-from daemon.models import (
+from daemon.core.git_mounts import GitWorktree, git_mounts
+from daemon.core.health import Observation, Recovery, report, stored_health
+from daemon.core.hub import EventHub
+from daemon.core.models import (
     Action,
     CreateSessionRequest,
     Health,
@@ -62,10 +62,10 @@ from daemon.models import (
     SessionStatus,
     slug,
 )
-from daemon.names import generate_name
+from daemon.core.names import generate_name
+from daemon.core.store import SessionRecord, Store, StoreError, creation_time, utcnow
+from daemon.core.tasks import TaskSupervisor
 from daemon.settings import Settings
-from daemon.store import SessionRecord, Store, StoreError, creation_time, utcnow
-from daemon.tasks import TaskSupervisor
 
 log = structlog.get_logger(__name__)
 
@@ -147,7 +147,7 @@ class SessionManager:
         self._busy: set[str] = set()
         self._reserved_names: set[str] = set()
         self._engine_seen: dict[str, float] = {}
-        # What automatic recovery has done per session (daemon/recovery.py keeps it).
+        # What automatic recovery has done per session (daemon/supervise/recovery.py keeps it).
         self.recovery: dict[str, Recovery] = {}
         # The last observed health, valid while the record's status, archived flag and
         # container stay as they were when it was observed (see current_health).
@@ -605,7 +605,7 @@ class SessionManager:
             target = CONTAINER_WORKSPACE if repo.is_primary else f"/repos/{repo.mount_name}"
             mounts.append(Mount(repo.worktree_path, target))
             git_repos.append(GitWorktree(repo.path, repo.worktree_path, target))
-        # The main .git read-only, but where this session's work lands (daemon/git_mounts.py).
+        # The main .git read-only, but where this session's work lands (daemon/core/git_mounts.py).
         mounts += git_mounts(git_repos)
         mounts.append(Mount(str(self.agent_home(record.id)), CONTAINER_HOME))
         subdir = record.primary.subdir

@@ -24,11 +24,11 @@ import aiohttp
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from daemon.errors import BackendFailed, Conflict
-from daemon.manager import CHAT_EVENT_TYPES, SessionManager
-from daemon.models import MetadataUpdate, slug
+from daemon.core.errors import BackendFailed, Conflict
+from daemon.core.manager import CHAT_EVENT_TYPES, SessionManager
+from daemon.core.models import MetadataUpdate, slug
+from daemon.core.store import SessionRecord
 from daemon.settings import Settings
-from daemon.store import SessionRecord
 
 log = structlog.get_logger(__name__)
 

@@ -28,12 +28,12 @@ from datetime import timedelta
 import structlog
 
 from backends.base import BackendUnavailable
-from daemon.errors import ApiError, BackendUnavailableError, Conflict
-from daemon.health import Observation, Outcome, Recovery
-from daemon.manager import SessionManager
-from daemon.models import Action, Health, HealthReport, SessionStatus
+from daemon.core.errors import ApiError, BackendUnavailableError, Conflict
+from daemon.core.health import Observation, Outcome, Recovery
+from daemon.core.manager import SessionManager
+from daemon.core.models import Action, Health, HealthReport, SessionStatus
+from daemon.core.store import SessionRecord, StoreError, utcnow
 from daemon.settings import ReconcileSettings
-from daemon.store import SessionRecord, StoreError, utcnow
 
 log = structlog.get_logger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from daemon import __version__
-from daemon.models import ErrorBody
-from daemon.routes import RouteSpec
+from daemon.core.models import ErrorBody
+from daemon.http.routes import RouteSpec
 
 _REF = "#/components/schemas/{model}"
 _ERROR_TEXT = {

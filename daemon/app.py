@@ -1,8 +1,10 @@
 """The application factory: settings in, a ready aiohttp app out.
 
 Everything with a lifetime is a ``cleanup_ctx`` generator, set up in the order written
-here and torn down in reverse: the store, the backends, the event hub and the session
-manager, then the reconciler. Shutdown never stops a session's container; agents keep
+here and torn down in reverse: the store, the backends, the task supervisor, the event hub
+and the session manager, then the supervisors (the agent watcher, the reconciler). Every
+background task is the task supervisor's, stopped in its written-down order
+(``daemon/core/tasks.py``). Shutdown never stops a session's container; agents keep
 running without us.
 """
 
@@ -107,33 +109,38 @@ async def _backends_ctx(app: web.Application) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
-    hub = EventHub(app[STORE])
-    await hub.start()
-    app[HUB] = hub
     tasks = TaskSupervisor()
     app[TASKS] = tasks
+    hub = EventHub(app[STORE], tasks)
+    await hub.start()
+    app[HUB] = hub
     consoles = Consoles(app[SETTINGS].console.buffer_bytes)
     app[CONSOLES] = consoles
     manager = SessionManager(app[SETTINGS], app[STORE], hub, app[BACKENDS], tasks, consoles)
     await manager.load()
     app[MANAGER] = manager
     log.info("sessions_loaded", count=len(manager.records))
-    watcher = AgentWatcher(manager)
-    watcher.start()
     yield
-    await watcher.close()
-    await tasks.close(timeout=app[SETTINGS].server.shutdown_timeout)
+    # Supervisors first, then the operations under way (given the grace period), then
+    # the hub's last writes, so the store closes with every event stored.
+    await tasks.shutdown(timeout=app[SETTINGS].server.shutdown_timeout)
     # Detaching never stops an agent: containers keep running without the daemon.
     await consoles.close()
 
 
 @contextlib.asynccontextmanager
-async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
-    reconciler = Reconciler(app[MANAGER], app[SETTINGS])
+async def _supervise_ctx(app: web.Application) -> AsyncIterator[None]:
+    store, hub, tasks = app[STORE], app[HUB], app[TASKS]
+    watcher = AgentWatcher(app[MANAGER], store=store, hub=hub, tasks=tasks)
+    watcher.start()
+    reconciler = Reconciler(
+        app[MANAGER], app[SETTINGS], store=store, hub=hub, consoles=app[CONSOLES], tasks=tasks
+    )
     await reconciler.start()
     app[RECONCILER] = reconciler
     yield
     await reconciler.close()
+    await watcher.close()
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -144,7 +151,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     store would then keep the process from ever exiting.
     """
     async with contextlib.AsyncExitStack() as stack:
-        for part in (_store_ctx, _backends_ctx, _sessions_ctx, _reconcile_ctx):
+        for part in (_store_ctx, _backends_ctx, _sessions_ctx, _supervise_ctx):
             await stack.enter_async_context(part(app))
         yield
 

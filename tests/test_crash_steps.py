@@ -1,7 +1,7 @@
 """SIGKILL of the daemon at every journaled step of create, delete, archive, unarchive and
 recreate, then a restart: every session ends consistent, nothing is orphaned, no work lost.
 
-The kill comes from the daemon itself (``CORRALTEST_KILL_AT``, ``daemon/core/faults.py``) right
+The kill comes from the daemon itself (``CORRALTEST_KILL_AT``, ``tests/crash_daemon.py``) right
 after the journal records the step, before its side effect (``end``: after the last side
 effect, before the operation is marked done), so every gap between two side effects is hit.
 After each restart, once the reconciler has had its first pass:
@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.core.faults import ENV as KILL_AT
+from tests.crash_daemon import ENV as KILL_AT
 from tests.test_daemon_process import Daemon, daemon_dir, poll, post_session
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
@@ -47,6 +47,7 @@ SETTLE_SECONDS = 30.0
 
 def crash_daemon(data_dir: Path, image: str) -> Daemon:
     daemon = Daemon(data_dir, image)
+    daemon.module = "tests.crash_daemon"  # the daemon with its fault hook
     # Passes every second, so orphans left by the kill are found quickly; no automatic
     # recreate, which would be an operation of its own racing the checks.
     daemon.env.update(

@@ -28,6 +28,9 @@ def free_port() -> int:
 
 
 class Daemon:
+    # What runs the daemon (the crash tests run one with a fault hook: tests/crash_daemon.py).
+    module = "daemon.cli"
+
     def __init__(self, data_dir: Path, image: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -46,7 +49,7 @@ class Daemon:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "serve", "--port", str(self.port),
+                [sys.executable, "-m", self.module, "serve", "--port", str(self.port),
                  "--data-dir", str(self.data_dir)],
                 env=self.env, stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip

@@ -295,11 +295,10 @@ async def test_progress_is_published_in_order(client: Any, git_repo: Path) -> No
     from daemon.keys import HUB
 
     hub = client.app[HUB]
-    subscription = hub.subscribe({"*"})
+    events: list[dict[str, Any]] = []
+    unlisten = hub.listen(events.append)
     session = await create_running(client, git_repo)
-    events = []
-    while not subscription.queue.empty():
-        events.append(subscription.queue.get_nowait())
+    unlisten()
     mine = [e for e in events if e["session_id"] == session["id"]]
     kinds = [e["type"] for e in mine]
     assert kinds[0] == "session_created"

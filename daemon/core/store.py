@@ -20,8 +20,8 @@ import aiosqlite
 import structlog
 from pydantic import BaseModel, Field
 
-from daemon.core import faults
 from daemon.core.errors import InternalError
+from daemon.core.faults import JournalHook
 from daemon.core.models import AgentState, Progress, Repository, SessionStatus
 
 log = structlog.get_logger(__name__)
@@ -257,6 +257,8 @@ class Store:
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._operation_kinds: dict[int, str] = {}  # open operations, for the fault hook
+        # Told of each journaled step; only tests install one (daemon/core/faults.py).
+        self.journal_hook: JournalHook | None = None
         self._max_variables = 999  # SQLite's bound parameters per statement; read at open
 
     @property
@@ -492,7 +494,8 @@ class Store:
         )  # fmt: skip
         assert op_id is not None
         self._operation_kinds[op_id] = kind
-        faults.journal_step(kind, step)
+        if self.journal_hook is not None:
+            self.journal_hook.journal_step(kind, step)
         return op_id
 
     async def record_step(
@@ -509,7 +512,8 @@ class Store:
                  [_to_column(n, getattr(record, n)) for n in names] + [record.id]),
             ]
         )  # fmt: skip
-        faults.journal_step(self._operation_kinds.get(op_id, "?"), step)
+        if self.journal_hook is not None:
+            self.journal_hook.journal_step(self._operation_kinds.get(op_id, "?"), step)
 
     async def operation_step(self, op_id: int, step: str) -> None:
         await self.write(
@@ -519,8 +523,8 @@ class Store:
 
     async def end_operation(self, op_id: int, state: str, error: str | None = None) -> None:
         kind = self._operation_kinds.pop(op_id, "?")
-        if state == "done":
-            faults.journal_step(kind, "end")
+        if state == "done" and self.journal_hook is not None:
+            self.journal_hook.journal_step(kind, "end")
         await self.write(
             [("UPDATE operations SET state = ?, error = ?, updated_at = ? WHERE id = ?",
               [state, error, _ts(utcnow()), op_id])]

@@ -17,7 +17,6 @@ until it is a plain file again. Every other session is served as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,9 +30,12 @@ from daemon.agents.runner import HOOKS_FILE
 from daemon.agents.transcript import ParsedEvent, TranscriptTailer, newest_file
 from daemon.core.health import Recovery
 from daemon.core.homefs import HostileFile
-from daemon.core.manager import CHAT_EVENT_TYPES, SessionManager
+from daemon.core.hub import EventHub
+from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.models import AgentState, SessionStatus
-from daemon.core.store import SessionRecord
+from daemon.core.store import SessionRecord, Store
+from daemon.core.tasks import WATCH, TaskSupervisor
+from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -85,21 +87,48 @@ class _Watch:
     hostile: dict[str, str] = field(default_factory=dict)
 
 
+class Sessions(Protocol):
+    """What the agent watcher needs of the session manager."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def records(self) -> dict[str, SessionRecord]: ...
+    @property
+    def recovery(self) -> dict[str, Recovery]: ...
+    def agent_home(self, session_id: str) -> Path: ...
+    def agent_working_dir(self, record: SessionRecord) -> str: ...
+    async def save(self, record: SessionRecord, *fields: str) -> None: ...
+    async def publish_status(self, record: SessionRecord) -> None: ...
+
+
 class AgentWatcher:
-    def __init__(self, manager: SessionManager, poll_seconds: float = POLL_SECONDS) -> None:
+    """Reads each session's files in one task of the ``watch`` group; publishes on the hub."""
+
+    def __init__(
+        self,
+        manager: Sessions,
+        *,
+        store: Store,
+        hub: EventHub,
+        tasks: TaskSupervisor,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
         self.manager = manager
+        self.store = store
+        self.hub = hub
+        self.tasks = tasks
         self.poll_seconds = poll_seconds
         self._watches: dict[str, _Watch] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="agent-watch")
+        self._task = self.tasks.spawn(self._run(), name="agent-watch", group=WATCH)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
@@ -130,7 +159,7 @@ class AgentWatcher:
         moved = await self._read_hooks(record, watch, found) or moved
         await self._report_hostile(record, watch, found)
         if moved:
-            await self.manager.store.save_cursor(record.id, self._cursor(watch))
+            await self.store.save_cursor(record.id, self._cursor(watch))
 
     async def _report_hostile(
         self, record: SessionRecord, watch: _Watch, found: dict[str, str]
@@ -155,7 +184,7 @@ class AgentWatcher:
         await self.manager.publish_status(record)
 
     async def _open(self, record: SessionRecord) -> _Watch:
-        cursor = await self.manager.store.load_cursor(record.id) or {}
+        cursor = await self.store.load_cursor(record.id) or {}
         home = self.manager.agent_home(record.id)
         parser: _Parser
         if record.agent == "codex":
@@ -172,7 +201,7 @@ class AgentWatcher:
             path = transcript_path(home, record.id, self.manager.agent_working_dir(record))
             transcript = TranscriptTailer(path, root=home)
         hooks = TranscriptTailer(home / HOOKS_FILE, cursor.get("hooks_offset", 0), root=home)
-        recent = await self.manager.store.events_tail(record.id, RECENT_EVENTS, CHAT_EVENT_TYPES)
+        recent = await self.store.events_tail(record.id, RECENT_EVENTS, CHAT_EVENT_TYPES)
         seen = {k for e in recent if (k := event_key(e["type"], e)) is not None}
         return _Watch(transcript, parser, hooks, seen)
 
@@ -201,7 +230,7 @@ class AgentWatcher:
                 continue
             if key is not None:
                 watch.seen.add(key)
-            await self.manager.hub.publish(event.type, record.id, **event.payload)
+            await self.hub.publish(event.type, record.id, **event.payload)
         return watch.transcript.offset != before
 
     async def _read_hooks(

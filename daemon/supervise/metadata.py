@@ -18,16 +18,16 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import aiohttp
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from daemon.core.errors import BackendFailed, Conflict
-from daemon.core.manager import CHAT_EVENT_TYPES, SessionManager
+from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.models import MetadataUpdate, slug
-from daemon.core.store import SessionRecord
+from daemon.core.store import SessionRecord, Store
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -316,15 +316,33 @@ def to_update(
 # --- the operation ---------------------------------------------------------------------
 
 
+class Sessions(Protocol):
+    """What regenerating needs of the session manager."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def records(self) -> dict[str, SessionRecord]: ...
+    def get(self, session_id: str) -> SessionRecord: ...
+    async def update_metadata(self, session_id: str, update: MetadataUpdate) -> SessionRecord: ...
+
+
 async def regenerate(
-    manager: SessionManager, session_id: str, environ: Mapping[str, str] | None = None
+    manager: Sessions,
+    store: Store,
+    session_id: str,
+    environ: Mapping[str, str] | None = None,
 ) -> SessionRecord:
-    """Ask the model for the session's metadata and apply it as ``PATCH /metadata`` does."""
+    """Ask the model for the session's metadata and apply it as ``PATCH /metadata`` does.
+
+    It runs in the request that asked for it (bounded by ``metadata.timeout_seconds``),
+    not as a background task: the client waits for the answer.
+    """
     record = manager.get(session_id)
     settings = manager.settings
     if not settings.metadata.ai_metadata:
         raise Conflict("AI metadata is off; set metadata.ai_metadata = true to use it")
-    events = await manager.store.events_tail(record.id, MAX_EVENTS, CHAT_EVENT_TYPES)
+    events = await store.events_tail(record.id, MAX_EVENTS, CHAT_EVENT_TYPES)
     body = request_body(settings, record, events)
     try:
         answer = await call_model(settings, body, environ)

@@ -23,21 +23,35 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from backends.base import Backend, BackendError, ContainerInfo
 from daemon.core import worktrees
-from daemon.core.manager import SessionManager
 from daemon.core.models import OrphanContainer, Orphans, OrphanWorktree, SessionStatus
+from daemon.core.store import SessionRecord
+from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+
+class Sessions(Protocol):
+    """What the sweeper needs of the session manager: what it knows, and where it works."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def records(self) -> dict[str, SessionRecord]: ...
+    @property
+    def worktrees_dir(self) -> Path: ...
+    def is_busy(self, session_id: str) -> bool: ...
 
 
 class OrphanSweeper:
     """Finds orphans on each pass; removes those holding no work when ``remove`` is on."""
 
-    def __init__(self, manager: SessionManager, *, remove: bool) -> None:
+    def __init__(self, manager: Sessions, *, remove: bool) -> None:
         self.manager = manager
         self.remove = remove
         self.containers: dict[str, list[OrphanContainer]] = {}  # per backend

@@ -18,6 +18,11 @@ and reconciliation"):
 * The startup pass proper (settling interrupted journaled operations and reattaching
   consoles) is the manager's ``load``; the first full pass here follows it.
 
+It hears the daemon's own lifecycle on the hub: ``AgentExited`` (a terminal ended: look at
+the session) and, for automatic recovery, ``UserActed``. Every task it starts (the passes,
+the events watchers, the per-session checks, recovery's timers, the watchdog) is in the
+task supervisor's ``supervise`` group, cancelled first at shutdown.
+
 Automatic recovery is ``daemon/supervise/recovery.py``; the stall watchdog
 ``daemon/supervise/watchdog.py``.
 A session with an operation under way is never observed: the operation settles it, and a
@@ -31,16 +36,17 @@ import contextlib
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 import structlog
 
 from backends.base import Backend, BackendError, BackendUnavailable, ContainerEvent
-from daemon.core.console import ExitCallback
+from daemon.core.console import Consoles
 from daemon.core.health import Observation
-from daemon.core.manager import SessionManager
+from daemon.core.hub import AgentExited, EventHub, UserActed
 from daemon.core.models import (
     EngineHealth,
     Health,
@@ -50,8 +56,10 @@ from daemon.core.models import (
     SessionHealthSummary,
     SessionStatus,
 )
-from daemon.core.store import SessionRecord, utcnow
+from daemon.core.store import SessionRecord, Store, utcnow
+from daemon.core.tasks import SUPERVISE, TaskSupervisor
 from daemon.settings import Settings
+from daemon.supervise import orphans, recovery, watchdog
 from daemon.supervise.orphans import OrphanSweeper
 from daemon.supervise.recovery import BROKEN, Recoverer
 from daemon.supervise.watchdog import StallWatchdog
@@ -80,15 +88,37 @@ class _Engine:
         )
 
 
+class Sessions(recovery.Sessions, orphans.Sessions, watchdog.Sessions, Protocol):
+    """What the reconciler (with recovery, orphans and the watchdog) needs of the manager."""
+
+    @property
+    def backends(self) -> dict[str, Backend]: ...
+    async def observe(self, record: SessionRecord) -> Observation: ...
+    def current_health(self, record: SessionRecord) -> Health: ...
+
+
 class Reconciler:
-    def __init__(self, manager: SessionManager, settings: Settings) -> None:
+    def __init__(
+        self,
+        manager: Sessions,
+        settings: Settings,
+        *,
+        store: Store,
+        hub: EventHub,
+        consoles: Consoles,
+        tasks: TaskSupervisor,
+    ) -> None:
         self.manager = manager
         self.settings = settings.reconcile
+        self.hub = hub
+        self.tasks = tasks
         # The label value the backends give this daemon's containers.
         self.instance = str(settings.data_dir)
-        self.recovery = Recoverer(manager, self.settings, check=self.poke)
+        self.recovery = Recoverer(manager, self.settings, check=self.poke, store=store, tasks=tasks)
         self.orphans = OrphanSweeper(manager, remove=self.settings.remove_orphans)
-        self.watchdog = StallWatchdog(manager, self.settings.stall_seconds)
+        self.watchdog = StallWatchdog(
+            manager, self.settings.stall_seconds, hub=hub, consoles=consoles, tasks=tasks
+        )
         self.engines: dict[str, _Engine] = {name: _Engine() for name in manager.backends}
         self.passes = 0
         self.last_pass: datetime | None = None
@@ -101,23 +131,20 @@ class Reconciler:
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._closed = False
-        self._previous_on_exit: ExitCallback | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
 
     # lifetime
 
     async def start(self) -> None:
         # Before any await: consoles reattached by the manager's load report through this.
-        previous = self._previous_on_exit = self.manager.consoles.on_exit
-
-        async def exited(session_id: str, exit_code: int | None) -> None:
-            if previous is not None:
-                await previous(session_id, exit_code)
-            self.poke(session_id)
-
-        self.manager.consoles.on_exit = exited
-        self.manager.on_action = self.recovery.user_acted
+        self._unsubscribe = [
+            self.hub.on(AgentExited, self._agent_exited),
+            self.hub.on(UserActed, self.recovery.user_acted),
+        ]
         await self.recovery.load()
-        self._tasks.append(asyncio.create_task(self._periodic(), name="reconcile-passes"))
+        self._tasks.append(
+            self.tasks.spawn(self._periodic(), name="reconcile-passes", group=SUPERVISE)
+        )
         for backend in self.manager.backends.values():
             if backend.has_events:
                 self._start_watch(backend)
@@ -127,8 +154,8 @@ class Reconciler:
     async def close(self) -> None:
         # Consoles detached at shutdown end their terminals: nothing is to be looked at then.
         self._closed = True
-        self.manager.consoles.on_exit = self._previous_on_exit
-        self.manager.on_action = None
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
         tasks = [*self._tasks, *self._watchers.values(), *self._checks.values()]
         for task in tasks:
             task.cancel()
@@ -137,6 +164,9 @@ class Reconciler:
         await self.watchdog.close()
 
     # triggers
+
+    async def _agent_exited(self, signal: AgentExited) -> None:
+        self.poke(signal.session_id)  # the core has recorded it; see what is left
 
     def request_pass(self) -> None:
         """Run a full pass as soon as the one under way (if any) is done."""
@@ -165,8 +195,8 @@ class Reconciler:
         old = self._watchers.pop(backend.name, None)
         if old is not None:
             old.cancel()
-        self._watchers[backend.name] = asyncio.create_task(
-            self._watch(backend), name=f"engine-events:{backend.name}"
+        self._watchers[backend.name] = self.tasks.spawn(
+            self._watch(backend), name=f"engine-events:{backend.name}", group=SUPERVISE
         )
 
     async def _watch(self, backend: Backend) -> None:
@@ -225,8 +255,8 @@ class Reconciler:
         if task is not None and not task.done():
             self._again.add(session_id)
             return
-        self._checks[session_id] = asyncio.create_task(
-            self._check_loop(session_id), name=f"reconcile-check:{session_id}"
+        self._checks[session_id] = self.tasks.spawn(
+            self._check_loop(session_id), name=f"reconcile-check:{session_id}", group=SUPERVISE
         )
 
     def checks_pending(self) -> int:

@@ -21,18 +21,19 @@ and its schedule.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 
 from backends.base import BackendUnavailable
 from daemon.core.errors import ApiError, BackendUnavailableError, Conflict
 from daemon.core.health import Observation, Outcome, Recovery
-from daemon.core.manager import SessionManager
-from daemon.core.models import Action, Health, HealthReport, SessionStatus
-from daemon.core.store import SessionRecord, StoreError, utcnow
+from daemon.core.hub import UserActed
+from daemon.core.models import Health, HealthReport, SessionStatus
+from daemon.core.store import SessionRecord, Store, StoreError, utcnow
+from daemon.core.tasks import SUPERVISE, TaskSupervisor
 from daemon.settings import ReconcileSettings
 
 log = structlog.get_logger(__name__)
@@ -58,18 +59,40 @@ def describe(report: HealthReport) -> str:
     return "; ".join(parts) or f"the session is {report.health.value}"
 
 
+class Sessions(Protocol):
+    """What automatic recovery needs of the session manager."""
+
+    @property
+    def records(self) -> dict[str, SessionRecord]: ...
+    @property
+    def recovery(self) -> dict[str, Recovery]: ...
+    def is_busy(self, session_id: str) -> bool: ...
+    async def health(self, record: SessionRecord) -> HealthReport: ...
+    async def settle(self, record: SessionRecord, seen: Observation | None) -> HealthReport: ...
+    async def recreate(self, session_id: str) -> SessionRecord: ...
+
+
 class Recoverer:
-    """Plans, runs and remembers automatic recreates; ``check`` asks for a fresh look."""
+    """Plans, runs and remembers automatic recreates; ``check`` asks for a fresh look.
+
+    Its timers are tasks of the ``supervise`` group; the user's actions reach it as the
+    hub's ``UserActed`` signal (the reconciler subscribes it).
+    """
 
     def __init__(
         self,
-        manager: SessionManager,
+        manager: Sessions,
         settings: ReconcileSettings,
         check: Callable[[str], None],
+        *,
+        store: Store,
+        tasks: TaskSupervisor,
     ) -> None:
         self.manager = manager
         self.settings = settings
         self._check = check
+        self.store = store
+        self.tasks = tasks
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._active: set[str] = set()  # an attempt is under way (looking, then acting)
         self._own: set[str] = set()  # this module's own recreate call is under way
@@ -78,7 +101,7 @@ class Recoverer:
 
     async def load(self) -> None:
         """Take the stored states and resume their schedules."""
-        stored = await self.manager.store.load_reconciliation()
+        stored = await self.store.load_reconciliation()
         now = utcnow()
         for session_id, row in stored.items():
             if session_id not in self.manager.records:
@@ -179,8 +202,9 @@ class Recoverer:
             log.info("recovery_reset", session_id=record.id, reason="healthy again")
             await self._reset(record.id)
 
-    async def user_acted(self, record: SessionRecord, action: Action) -> None:
+    async def user_acted(self, signal: UserActed) -> None:
         """The user took the session in hand: forget attempts, plans and outcomes."""
+        record, action = signal.record, signal.action
         if record.id in self._own:
             return  # our own recreate passes through the same door
         timer = self._timers.pop(record.id, None)
@@ -205,8 +229,8 @@ class Recoverer:
         old = self._timers.pop(session_id, None)
         if old is not None:
             old.cancel()
-        self._timers[session_id] = asyncio.create_task(
-            self._attempt(session_id, delay), name=f"recover:{session_id}"
+        self._timers[session_id] = self.tasks.spawn(
+            self._attempt(session_id, delay), name=f"recover:{session_id}", group=SUPERVISE
         )
 
     async def _attempt(self, session_id: str, delay: float) -> None:
@@ -268,11 +292,11 @@ class Recoverer:
             if state is None or not (
                 state.attempts or state.outcome or state.next_attempt or state.last_error
             ):
-                await self.manager.store.delete_reconciliation(session_id)
+                await self.store.delete_reconciliation(session_id)
                 if state is not None and state.idle:
                     self.manager.recovery.pop(session_id, None)
             elif session_id in self.manager.records:
-                await self.manager.store.save_reconciliation(session_id, state.stored())
+                await self.store.save_reconciliation(session_id, state.stored())
         except StoreError as exc:
             log.warning("recovery_not_stored", session_id=session_id, error=str(exc))
 
@@ -285,8 +309,3 @@ class Recoverer:
                 timer = self._timers.pop(session_id, None)
                 if timer is not None:
                     timer.cancel()
-
-    async def wait_idle(self) -> None:
-        """Let attempts under way finish (tests)."""
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self._timers.values(), return_exceptions=True)

@@ -14,17 +14,20 @@ seen working, so an agent idle for an hour that starts working is not stalled at
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 
+from daemon.core.console import Consoles
 from daemon.core.health import Recovery
-from daemon.core.hub import Event
-from daemon.core.manager import CHAT_EVENT_TYPES, SessionManager
+from daemon.core.hub import Event, EventHub
+from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.models import AgentState, SessionStatus
 from daemon.core.store import SessionRecord, utcnow
+from daemon.core.tasks import SUPERVISE, TaskSupervisor
 
 log = structlog.get_logger(__name__)
 
@@ -39,26 +42,50 @@ class _Seen:
     wall: datetime  # the same moment, for the report
 
 
+class Sessions(Protocol):
+    """What the watchdog needs of the session manager."""
+
+    @property
+    def records(self) -> dict[str, SessionRecord]: ...
+    @property
+    def recovery(self) -> dict[str, Recovery]: ...
+    async def publish_status(self, record: SessionRecord) -> None: ...
+
+
 class StallWatchdog:
-    def __init__(self, manager: SessionManager, seconds: float) -> None:
+    """Hears chat events on the hub, reads output offsets from the consoles; one task."""
+
+    def __init__(
+        self,
+        manager: Sessions,
+        seconds: float,
+        *,
+        hub: EventHub,
+        consoles: Consoles,
+        tasks: TaskSupervisor,
+    ) -> None:
         self.manager = manager
         self.seconds = seconds
+        self.hub = hub
+        self.consoles = consoles
+        self.tasks = tasks
         self._seen: dict[str, _Seen] = {}
         self._spoke: set[str] = set()  # sessions with a chat event since the last look
+        self._unlisten: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.seconds <= 0:
             return
-        self.manager.hub.listen(self._on_event)
-        self._task = asyncio.create_task(self._run(), name="stall-watchdog")
+        self._unlisten = self.hub.listen(self._on_event)
+        self._task = self.tasks.spawn(self._run(), name="stall-watchdog", group=SUPERVISE)
 
     async def close(self) -> None:
-        self.manager.hub.unlisten(self._on_event)
+        if self._unlisten is not None:
+            self._unlisten()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)
 
     def _on_event(self, event: Event) -> None:
         if event["type"] in CHAT_EVENT_TYPES:  # a transcript line became an event
@@ -89,7 +116,7 @@ class StallWatchdog:
                 self._seen.pop(record.id, None)
                 await self._clear(record)
                 continue
-            attachment = self.manager.consoles.get(record.id)
+            attachment = self.consoles.get(record.id)
             end = attachment.buffer.end if attachment is not None else -1
             seen = self._seen.get(record.id)
             if seen is None or seen.output_end != end or record.id in spoke:

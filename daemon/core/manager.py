@@ -5,7 +5,11 @@ EventHub (DESIGN.md, "The house"). It holds the records, one operation per sessi
 time (a second one is refused with 409 rather than queued behind it), the journal and the
 publishing; each operation records its intent (status, progress step, journal row) before
 it acts and its result after, so a daemon killed at any point leaves a journal that says
-what was under way. The rest is in small modules beside it:
+what was under way.
+
+About 500 lines, on purpose: what is left is that one job (records, lock, journal,
+publishing) and one-line delegations that keep the calls of the handlers, sockets and
+supervisors as they were. The rest is in small modules beside it:
 
 - daemon/core/validate.py: create-time checks (repositories, roots, image paths, names);
 - daemon/core/spawn.py: what a backend needs to start a session (paths, home, spec);
@@ -450,9 +454,7 @@ class SessionManager:
         record = self.get(session_id)
         changed = update.model_dump(exclude_unset=True, exclude_none=True)
         new_name = changed.get("name")
-        if new_name not in (None, record.name) and any(
-            r.name == new_name for r in self.records.values()
-        ):
+        if new_name not in (None, record.name) and self.names.taken(new_name):
             raise Conflict(f"a session named '{new_name}' already exists")
         for key, value in changed.items():
             setattr(record, key, value)

@@ -159,8 +159,12 @@ class Names:
         self.spawner = spawner
         self._reserved: set[str] = set()
 
+    def taken(self, name: str) -> bool:
+        """Whether a session has this name."""
+        return any(r.name == name for r in self.records.values())
+
     def reserve(self, name: str) -> None:
-        if name in self._reserved or any(r.name == name for r in self.records.values()):
+        if name in self._reserved or self.taken(name):
             raise Conflict(f"a session named '{name}' already exists")
         self._reserved.add(name)
 

@@ -36,7 +36,7 @@ from daemon.core.worktrees import GitError, admin_dir_of, common_dir_of
 __all__ = ["GitWorktree", "git_mounts"]
 
 # Where a session's own work lands in the common dir, relative to it. Session branches
-# are corral/<name> (daemon.core.manager.BRANCH_PREFIX).
+# are corral/<name> (daemon.core.spawn.BRANCH_PREFIX).
 _WRITABLE_DIRS = ("objects", "refs/heads/corral", "logs/refs/heads/corral")
 _READ_ONLY_DIRS = ("objects/info",)
 # Files of the worktree's admin dir that tell git where everything else is, or add config.

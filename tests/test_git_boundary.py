@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from daemon.core import git as git_boundary
 from daemon.core import worktrees as wt
 from daemon.core.worktrees import admin_dir_of, common_dir_of
 from daemon.keys import MANAGER
@@ -269,7 +270,7 @@ async def test_of_the_users_global_config_only_safe_directory_is_kept(
         f"[safe]\n\tdirectory = {repo}\n[core]\n\thooksPath = {hooks}\n\tfsmonitor = {script}\n"
     )
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setattr(wt, "_carried", None, raising=False)  # read the user's config anew
+    monkeypatch.setattr(git_boundary, "_carried", None)  # read the user's config anew
 
     info = await wt.resolve_repository(str(repo))
     worktree = tmp_path / "data" / "worktrees" / "s" / "repo"
@@ -337,8 +338,8 @@ def test_a_ref_that_never_ends_costs_host_git_bounded_memory(
     script = f"""
 import asyncio, resource
 resource.setrlimit(resource.RLIMIT_DATA, (2 << 30, 2 << 30))
-from daemon.core import worktrees as wt
-wt.GIT_MEMORY_LIMIT = 256 << 20
+from daemon.core import git, worktrees as wt
+git.GIT_MEMORY_LIMIT = 256 << 20
 try:
     asyncio.run(wt.unsaved_work({str(worktree)!r}, "corral/s", repo_root={str(git_repo)!r}))
 except wt.GitError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import os
 import pty
 import signal
@@ -23,14 +24,10 @@ from typing import Any
 
 import pytest
 
-from client.attach import (
-    AltScreen,
-    Bridge,
-    FdWriter,
-    Outcome,
-    console_url,
-    parse_detach_key,
-)
+from client.attach import parse_detach_key
+from client.bridge import Bridge
+from client.protocol import Outcome, console_url
+from client.terminal import AltScreen, FdWriter
 from tests.conftest import ROOT, create_running, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -196,9 +193,10 @@ async def test_round_trip_and_detach_keeps_the_session(client: Any, git_repo: Pa
     assert session["status"] == "running", session
     async with attached(url_of(client, session["id"])) as first:
         await first.run("echo x-$((40+2))", "x-42")
-        # Line discipline signals off, so a forwarded Ctrl-\ would land in the read.
-        await first.run("stty -isig; read -r line; echo got-${#line}-end", "read -r line")
-        await asyncio.sleep(0.3)
+        # Line discipline signals off, so a forwarded Ctrl-\ would land in the read. The
+        # marker says stty has run; what is typed from then on waits for the read.
+        await first.run("stty -isig; echo set-$((1+1)); read -r line; echo got-${#line}-end",
+                        "set-2")  # fmt: skip
         first.send(b"ab\x1cnever-typed")
         outcome = await first.outcome()
     assert outcome.status == 0
@@ -221,8 +219,8 @@ async def test_other_detach_key_and_ctrl_backslash_goes_through(
 ) -> None:
     session = await create_running(client, git_repo, backend="local")
     async with attached(url_of(client, session["id"]), detach_key=b"\x1d") as viewer:
-        await viewer.run("stty -isig; read -r line; echo len-${#line}-end", "read -r line")
-        await asyncio.sleep(0.3)
+        await viewer.run("stty -isig; echo set-$((1+1)); read -r line; echo len-${#line}-end",
+                         "set-2")  # fmt: skip
         viewer.send(b"a\x1cb\r")  # Ctrl-\ is an ordinary key now
         await viewer.output.until(b"len-3-end")
         viewer.send(b"\x1d")
@@ -287,15 +285,24 @@ async def test_resizes_follow_the_size_provider_debounced(client: Any, git_repo:
         for cols in (100, 110, 120, 132):  # a window being dragged
             size[0] = (cols, 40)
             viewer.bridge.window_changed()
-        await asyncio.sleep(0.4)
+        await until_sent(viewer.bridge, (132, 40))
         assert asked == [(132, 40)], "not debounced: the size was read more than once"
         await viewer.run("stty size", "40 132")
         size[0] = (5000, 1)  # beyond what the daemon takes: clamped, not refused
         viewer.bridge.window_changed()
-        await asyncio.sleep(0.4)
+        await until_sent(viewer.bridge, (1000, 2))
         await viewer.run("stty size", "2 1000")
         assert viewer.bridge.sent_size == (1000, 2)
         assert b"resize needs" not in viewer.output.data
+
+
+async def until_sent(bridge: Bridge, size: tuple[int, int], timeout: float = 15) -> None:
+    """Wait until the bridge has queued ``size``: keys typed after it go out after it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while bridge.sent_size != size:
+        assert loop.time() < deadline, f"size never sent; last sent {bridge.sent_size}"
+        await asyncio.sleep(0.01)
 
 
 # --- the command -----------------------------------------------------------------------
@@ -406,6 +413,19 @@ class PtyScreen(_Watched):
         os.close(self.master)
 
 
+async def screen_size(screen: PtyScreen, size: str, timeout: float = 15) -> None:
+    """Ask ``stty size`` until it answers ``size``: the client's resize is its own."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for n in itertools.count():
+        start = len(screen.data)
+        await screen.run(f"stty size; echo asked-$(({n}+1000))", f"asked-{n + 1000}")
+        if f"{size}\r\n".encode() in screen.data[start:]:
+            return
+        assert loop.time() < deadline, f"the terminal never became {size}"
+        await asyncio.sleep(0.05)
+
+
 async def test_command_on_a_real_terminal(client: Any, git_repo: Path) -> None:
     session = await create_running(client, git_repo, backend="local")
     url = str(client.make_url(""))
@@ -420,15 +440,14 @@ async def test_command_on_a_real_terminal(client: Any, git_repo: Path) -> None:
         lflag = termios.tcgetattr(slave)[3]
         assert not lflag & (termios.ICANON | termios.ECHO | termios.ISIG), "not in raw mode"
         await screen.run("stty size", "30 100")
-        # Ctrl-C is a key for the agent, not a signal for the client.
-        await screen.run("sleep 30", "sleep 30")
-        await asyncio.sleep(0.3)
+        # Ctrl-C is a key for the agent, not a signal for the client. The marker comes from
+        # the foreground job itself, so the key reaches it, not the shell starting it.
+        await screen.run("sh -c 'echo up-$((2+2)); exec sleep 30'", "up-4")
         os.write(master, b"\x03")
         await screen.run("echo after-$((1+1))", "after-2")
         set_window(slave, 120, 40)
         os.kill(proc.pid, signal.SIGWINCH)  # what the kernel sends a foreground job
-        await asyncio.sleep(0.4)
-        await screen.run("stty size", "40 120")
+        await screen_size(screen, "40 120")
         os.write(master, b"\x1c")
         assert await asyncio.wait_for(proc.wait(), 15) == 0
         await screen.until(b"corral: detached")

@@ -16,7 +16,7 @@ from daemon import __version__
 from daemon.auth.service import derive_rp_id
 from daemon.http.middlewares import is_loopback
 from daemon.log import configure_logging
-from daemon.settings import Settings, SettingsError, load_settings
+from daemon.settings import Settings, SettingsError, load_settings, warn_unknown_variables
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +100,7 @@ def serve(args: argparse.Namespace) -> int:
         for name in names
     ]
     configure_logging(settings.logging.level, settings.logging.format, secrets)
+    warn_unknown_variables()
     try:
         check_bind(settings)
     except SettingsError as exc:

@@ -1,8 +1,12 @@
 """The one settings model: embedded defaults, then config.toml, then CORRAL_* env, then flags.
 
+pydantic-settings reads the sources; ``load_settings`` chooses them (the TOML file, an
+environment mapping, the flags) and turns every failure into a ``SettingsError``.
+
 Every key here must appear, with its default, in ``config.example.toml``; a test keeps
 the two in step. Environment variables are named ``CORRAL_<SECTION>__<KEY>`` (for
-example ``CORRAL_SERVER__PORT=4000``); list values are given as JSON.
+example ``CORRAL_SERVER__PORT=4000``); list values are given as JSON. A ``CORRAL_*``
+variable that names no setting is warned about and left alone: it may be another tool's.
 """
 
 from __future__ import annotations
@@ -12,11 +16,30 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
+import pydantic_settings
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+log = structlog.get_logger(__name__)
 
 ENV_PREFIX = "CORRAL_"
+ENV_DELIMITER = "__"
+# Names the config file itself, so it is read before the settings and is not one of them.
+CONFIG_VARIABLE = "CORRAL_CONFIG"
+# corral's own variables that are no setting: not warned about (CORRAL_TOKEN is the API
+# token ``corral attach`` sends, often exported in the same shell as ``corral serve``).
+OTHER_VARIABLES = frozenset({CONFIG_VARIABLE, "CORRAL_TOKEN"})
 DEFAULT_CONFIG_PATH = Path("~/.config/corral/config.toml")
 
 
@@ -258,7 +281,14 @@ class LoggingSettings(Section):
     format: Literal["console", "json"] = Field("console", description="One event a line.")
 
 
-class Settings(Section):
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+    )
+
     data_dir: Path = Field(
         Path("~/.local/share/corral"), description="SQLite store, worktrees and agent homes."
     )
@@ -303,6 +333,19 @@ class Settings(Section):
                     found[section] = names
         return found
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # ``Settings(...)`` is built from its arguments alone, as a plain model would be
+        # (tests build many); the file and the environment come in through load_settings.
+        return (init_settings,)
+
 
 class SettingsError(ValueError):
     """The configuration could not be read or is invalid."""
@@ -318,23 +361,80 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+class _EnvironSource(EnvSettingsSource):
+    """The ``CORRAL_*`` environment source, reading a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+def _wants_json(annotation: Any) -> bool:
+    return get_origin(annotation) in (list, dict) or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    )
+
+
+def _setting_paths() -> dict[tuple[str, ...], bool]:
+    """Every path an environment variable may name (a section whole, or one key), each with
+    whether its value is given as JSON."""
+    paths: dict[tuple[str, ...], bool] = {}
+    for name, info in Settings.model_fields.items():
+        paths[(name,)] = _wants_json(info.annotation)
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, Section):
+            for key, field in model.model_fields.items():
+                paths[(name, key)] = _wants_json(field.annotation)
+    return paths
+
+
+def _path(name: str) -> tuple[str, ...]:
+    return tuple(name[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER))
+
+
+def _split_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The ``CORRAL_*`` variables naming a setting, and the sorted names of those naming none."""
+    paths = _setting_paths()
+    known: dict[str, str] = {}
+    unknown: list[str] = []
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES:
             continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        value: Any = raw
-        if raw.startswith(("[", "{")):
+        if _path(name) in paths:
+            known[name] = raw
+        else:
+            unknown.append(name)
+    return known, sorted(unknown)
+
+
+def _check_json(variables: Mapping[str, str]) -> None:
+    # pydantic-settings would name only the section; this names the variable. A value that
+    # looks like JSON must be JSON, whatever the setting, as before pydantic-settings.
+    paths = _setting_paths()
+    for name, raw in variables.items():
+        if paths[_path(name)] or raw.startswith(("[", "{")):
             try:
-                value = json.loads(raw)
+                json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise SettingsError(f"{name} is not valid JSON: {exc}") from exc
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return out
+
+
+def _toml_source(path: Path, *, explicit: bool) -> TomlConfigSettingsSource | None:
+    if not path.exists():
+        if explicit:
+            raise SettingsError(f"config file {path} does not exist")
+        return None
+    if not path.is_file():  # pydantic-settings would pass over it without a word
+        raise SettingsError(f"cannot read {path}: not a file")
+    try:
+        return TomlConfigSettingsSource(Settings, toml_file=path)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from exc
 
 
 def load_settings(
@@ -346,21 +446,45 @@ def load_settings(
     """Build the settings: TOML file, then environment, then ``overrides`` (the CLI flags).
 
     An explicit ``config_path`` that does not exist is an error; the default one is optional.
+    ``CORRAL_*`` variables that name no setting are left out (``warn_unknown_variables``).
     """
     environ = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
-    path = config_path or Path(environ.get("CORRAL_CONFIG", DEFAULT_CONFIG_PATH)).expanduser()
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"cannot read {path}: {exc}") from exc
-    elif config_path is not None:
-        raise SettingsError(f"config file {path} does not exist")
-    env = {k: v for k, v in environ.items() if k != "CORRAL_CONFIG"}
-    data = deep_merge(data, _env_overrides(env))
-    data = deep_merge(data, overrides or {})
+    path = config_path or Path(environ.get(CONFIG_VARIABLE, DEFAULT_CONFIG_PATH)).expanduser()
+    toml = _toml_source(path, explicit=config_path is not None)
+    known, _ = _split_environment(environ)
+    _check_json(known)
+    flags = dict(overrides or {})
+    # Highest precedence first: flags, then the environment, then the file.
+    sources: list[PydanticBaseSettingsSource] = [
+        InitSettingsSource(Settings, init_kwargs=flags),
+        _EnvironSource(Settings, known),
+    ]
+    if toml is not None:
+        sources.append(toml)
     try:
-        return Settings.model_validate(data)
+        return Settings(_build_sources=(tuple(sources), flags))
+    except pydantic_settings.SettingsError as exc:
+        raise SettingsError(f"{exc}: {exc.__cause__}") from exc
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``CORRAL_*`` variables in ``environ`` that name no setting, sorted."""
+    return _split_environment(os.environ if environ is None else environ)[1]
+
+
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Warn once, naming them, about ``CORRAL_*`` variables that load_settings left out.
+
+    Called by the CLI once logging is set up, so the warning has the configured format.
+    """
+    names = unknown_variables(environ)
+    if names:
+        # Names only: a value set for some other tool may be a secret.
+        log.warning(
+            "unknown_corral_variables",
+            names=names,
+            hint="these name no setting and are ignored; a setting is CORRAL_<SECTION>__<KEY>, "
+            "as in config.example.toml",
+        )

@@ -4,6 +4,12 @@ aiosqlite keeps every query off the event loop. WAL mode lets readers go on whil
 commits; ``synchronous=NORMAL`` is durable across a daemon crash (only a power cut can lose
 the last commits, never corrupt the file). Migrations are numbered and applied in order;
 ``PRAGMA user_version`` holds the schema version.
+
+Over 400 lines on purpose: it is one SQLite schema (its migrations) and the mapping of
+every table to Python, on one connection. Sessions, the journal, cursors and events share
+its transactions (a journal step and the session row it records commit together) and its
+one writer; split across modules, a migration and the queries that depend on it would
+drift apart.
 """
 
 from __future__ import annotations

@@ -116,7 +116,16 @@ async def test_detach_and_reconnect_while_output_continues(client: Any, git_repo
     await viewer.run("i=0; while [ $i -lt 40 ]; do echo tick-$i; i=$((i+1)); sleep 0.05; done; "
                      "echo done-$((7*6))", "tick-3")  # fmt: skip
     await viewer.ws.close()
-    await asyncio.sleep(1.0)
+    # Rejoin only once the loop has finished, unwatched: then everything after tick-3 that
+    # the new viewer gets can only come from the daemon's buffer, not from live output.
+    consoles = client.app[CONSOLES]
+    attachment = consoles.get(session["id"])
+    assert attachment is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while attachment.viewers or b"done-42" not in attachment.buffer.snapshot():
+        assert loop.time() < deadline, "the loop never finished while nobody watched"
+        await asyncio.sleep(0.05)
     again = await open_console(client, session["id"])
     screen = await again.until(b"done-42")
     assert b"tick-20" in screen  # printed while nobody watched, replayed from the buffer
@@ -239,10 +248,16 @@ async def test_pause_holds_only_that_viewer(client: Any, git_repo: Path) -> None
     await live.run("echo ready-$((4+4))", "ready-8")
     await paused.until(b"ready-8")
     await paused.ws.send_str(json.dumps({"type": "pause"}))
-    await asyncio.sleep(0.2)
+    # The daemon reads one socket's frames in order: the answer to a frame sent after the
+    # pause proves the pause has been applied.
+    await paused.ws.send_str(json.dumps({"type": "after-pause"}))
+    await paused.control("error")
     held_at = len(paused.data)
     await live.run("echo during-$((9+9))", "during-18")
-    await paused.pump(0.5)
+    # The output reached both viewers' queues at once, before the live one could read it.
+    # A text frame still passes held bytes; unpaused, the bytes would arrive first.
+    await paused.ws.send_str(json.dumps({"type": "after-output"}))
+    await paused.control("error")
     assert b"during-18" not in bytes(paused.data[held_at:])
     await paused.ws.send_str(json.dumps({"type": "resume"}))
     await paused.until(b"during-18")

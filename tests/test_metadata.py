@@ -215,7 +215,9 @@ async def test_a_failing_model_is_a_clear_error_and_changes_nothing(
         assert "overloaded" in error["message"]
     if case == "hangs":
         assert hold.reached.is_set()
-        assert elapsed < 5
+        # The request gives up at the 0.5 s asked for; ignoring it would wait for the model
+        # forever or for the 30 s default. 20 s is a bound a loaded machine never reaches.
+        assert elapsed < 20
     after = await session_of(client, sid)
     assert labels(after) == labels(before)
     assert after["updated_at"] == before["updated_at"]

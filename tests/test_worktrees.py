@@ -40,7 +40,7 @@ def process_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-async def wait_gone(pid: int, within: float = 3.0) -> bool:
+async def wait_gone(pid: int, within: float = 15.0) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if process_gone(pid):
@@ -458,7 +458,9 @@ async def test_run_git_timeout_kills_git_and_its_children(git_repo: Path, tmp_pa
     started = time.monotonic()
     with pytest.raises(GitError, match="timed out"):
         await wt.run_git(*_hanging_alias(pid_file), cwd=str(git_repo), timeout=0.5)
-    assert time.monotonic() - started < 5
+    # The bound is only for a git left to run: its child sleeps 30 s. Killed, it is gone in
+    # well under a second; 20 s leaves a loaded 2-core machine all the room it needs.
+    assert time.monotonic() - started < 20
     assert await wait_gone(int(pid_file.read_text()))
 
 

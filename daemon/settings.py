@@ -462,6 +462,8 @@ def load_settings(
     if toml is not None:
         sources.append(toml)
     try:
+        # _build_sources (pydantic-settings' documented argument) takes these in place of
+        # settings_customise_sources, which gives a plain ``Settings(...)`` its arguments only.
         return Settings(_build_sources=(tuple(sources), flags))
     except pydantic_settings.SettingsError as exc:
         raise SettingsError(f"{exc}: {exc.__cause__}") from exc

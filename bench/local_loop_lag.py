@@ -50,7 +50,7 @@ from _common import (
     shell_marker,
 )
 
-from backends.base import ContainerSpec, Mount
+from backends.base import ContainerSpec, Mount, TerminalStream
 from backends.local import LocalBackend
 
 TICK = 0.01
@@ -121,6 +121,8 @@ async def typed(read: Read, write: Write) -> list[float]:
 
 class Local:
     """A local-backend session running ``/bin/sh``."""
+
+    stream: TerminalStream
 
     def __init__(self, backend: LocalBackend, workdir: Path) -> None:
         self.backend = backend

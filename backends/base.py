@@ -1,16 +1,43 @@
-"""The Backend contract: where a session's agent runs, and what the daemon may ask of it.
+"""The backend contract: where a session's agent runs, and how the daemon reaches it.
 
-A backend owns processes, never the store or sockets (DESIGN.md, "The house"). Its
-semantics, which every implementation keeps:
+A backend owns processes, never the store or sockets (DESIGN.md, "The house"). What the
+daemon asks of one falls in two parts, written as two interfaces, so that a remote engine
+(issue "beyond one machine") can pair its own lifecycle with its own way of reaching the
+agent, and so that each part of the core depends on the narrow one it uses:
+
+* :class:`Engine`: the lifecycle, what a JupyterHub ``Spawner`` does: make, start, stop,
+  remove, poll and list the session's container, and watch the engine's events. The
+  manager, the reconciler and the orphan sweep use it.
+* :class:`Transport`: the byte paths to a running agent: its terminal (attach, resize, the
+  TTY log). The console uses it (with the engine's ``inspect``, :class:`TerminalHost`, to
+  learn how the agent ended).
+
+:class:`Backend` is both, one object per kind (``docker``, ``local``), which is what the
+daemon builds and keeps. Shared pieces live beside this module: ``labels`` (names, labels
+and filters both kinds write and read), ``flow`` (the unread-output queue with its flow
+control that both terminals use).
+
+The engine's semantics, which every implementation keeps:
 
 * ``create`` makes the container (or process handle) from a :class:`ContainerSpec` and does
-  not start it; ``start`` starts it. Both raise :class:`ImageNotFound` when the image is
-  missing and :class:`BackendError` for anything else the engine refuses.
+  not start it; ``start`` starts it (a running one is success). Both raise
+  :class:`ImageNotFound` when the image is missing and :class:`BackendError` for anything
+  else the engine refuses.
+* ``create`` isolates: a container engine drops every capability, forbids gaining
+  privileges (setuid, file capabilities), applies the spec's limits, and refuses a network
+  that shares another namespace (``host`` unless ``allow_host_network``; ``container:<id>``
+  always) with :class:`NetworkRefused`. The local engine isolates nothing (its module says
+  what it ignores).
 * ``stop`` and ``remove`` are idempotent: a container that is already stopped, already
-  being removed, or gone is success (DockerSpawner's 404/409 rule).
-* ``inspect`` returns ``None`` for a container that does not exist; it never raises for that.
-* ``list_managed`` finds corral's containers by label, in one engine call; given an
-  ``instance`` (a daemon's data dir), only that daemon's.
+  being removed, or gone is success (DockerSpawner's rule: 404 and 409 "removal already in
+  progress" are success). ``stop`` waits ``timeout`` seconds before it kills; ``remove``
+  kills at once.
+* ``inspect`` is the poll: a :class:`ContainerInfo` (state, exit code once it ended, times)
+  or ``None`` for a container that does not exist; it never raises for that.
+* ``list_managed`` finds corral's containers by label (``corral.managed=true``), in one
+  engine call; given an ``instance`` (a daemon's data dir), only that daemon's. It is how
+  the reconciler adopts what survived a daemon restart: the store keeps the container id,
+  the engine the rest.
 * ``events`` (where ``has_events``) streams the engine's container events for one daemon's
   containers, filtered by label on the engine's side. Entering it connects (raising
   :class:`BackendUnavailable` when the engine does not answer); the iteration ends when the
@@ -19,17 +46,34 @@ semantics, which every implementation keeps:
 * ``engine_calls`` counts requests made to the engine, so tests and benchmarks can check
   that a periodic pass costs the same however many sessions there are.
 * Every method raises :class:`BackendUnavailable` when the engine does not answer, so the
-  REST layer can answer 503 while the store keeps serving reads.
+  REST layer can answer 503 while the store keeps serving reads; ``info`` never raises.
+
+The transport's semantics:
+
 * ``attach`` opens the session's terminal: a :class:`TerminalStream` of the agent's TTY
   (the agent is the container's main process). The daemon keeps one per running session
-  and never blocks on it; closing the stream detaches and never stops the agent.
+  and never blocks on it; closing the stream detaches and never stops the agent. A stream
+  holds at most about a mebibyte of unread output, then stops reading, so a slow daemon
+  slows the agent (the terminal's own back-pressure) and nothing is lost.
 * ``resize`` sets the TTY size; a container that is gone is success.
 * ``recent_output`` is the tail of the TTY's own log, for rebuilding the screen after a
   daemon restart; backends that keep no log answer ``b""``.
-* ``create`` isolates: a container backend drops every capability, forbids gaining
-  privileges (setuid, file capabilities), applies the spec's limits, and refuses a network
-  that shares another namespace (``host`` unless ``allow_host_network``; ``container:<id>``
-  always) with :class:`NetworkRefused`.
+
+Not yet in the transport, and where it goes: **the agent's files and git.** Today the
+daemon reaches both through host paths, because engine and daemon share one disk: it
+writes and reads the agent home (``<data_dir>/sessions/<id>/home``, the container's
+``$HOME``) with ``daemon.core.homefs`` (no-follow writes, bounded regular-file reads),
+tails transcripts and hook files there, and runs host git in the worktrees and the
+repositories' ``.git`` that :class:`Mount` sources name. On a remote engine those paths are
+on another machine, so they become transport operations, beside the terminal: put and
+get a file of the agent home by a path relative to it (bounded, never following a link,
+the same rules ``homefs`` keeps), follow an append-only file from a byte offset (the
+transcripts, the hooks file), and bring the session branch home (the container pushes to
+a per-session bare repository the daemon serves, or sends a bundle; the daemon fetches it
+into the user's repository, so host git still runs nothing the container wrote). A local
+transport answers them with the host paths it has now; the core then calls the transport
+instead of ``Path`` and ``git -C``. Until that issue, ``ContainerSpec.mounts`` is the only
+place the core names a host path to a backend.
 """
 
 from __future__ import annotations
@@ -39,7 +83,7 @@ import contextlib
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 LABEL_MANAGED = "corral.managed"
 LABEL_SESSION_ID = "corral.session_id"
@@ -159,8 +203,8 @@ class TerminalStream(abc.ABC):
         """Detach; the agent keeps running."""
 
 
-class Backend(abc.ABC):
-    """One place sessions can run. Implementations: ``docker``, later ``local``."""
+class Engine(Protocol):
+    """The lifecycle of sessions' containers on one engine (the semantics above)."""
 
     name: str
     # Whether ``events`` streams the engine's container events.
@@ -200,8 +244,9 @@ class Backend(abc.ABC):
     def events(
         self, instance: str
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[ContainerEvent]]:
-        """Connect to the engine's container events for ``instance``'s containers."""
-        raise NotImplementedError(f"the {self.name} backend has no events stream")
+        """Connect to the engine's container events for ``instance``'s containers; only
+        called where ``has_events``."""
+        ...
 
     @abc.abstractmethod
     async def image_exists(self, image: str) -> bool:
@@ -215,6 +260,15 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the engine client (and, for the local engine, end every agent)."""
+
+
+class Transport(Protocol):
+    """The byte paths to a running session's agent: today its terminal (the semantics
+    above; the agent's files and git come here when the engine is remote)."""
+
+    @abc.abstractmethod
     async def attach(self, container_id: str) -> TerminalStream:
         """Attach to the running container's TTY (stdin, stdout and stderr)."""
 
@@ -226,6 +280,22 @@ class Backend(abc.ABC):
     async def recent_output(self, container_id: str, max_bytes: int) -> bytes:
         """At most ``max_bytes`` of the TTY's most recent output, from the engine's log."""
 
+
+class TerminalHost(Transport, Protocol):
+    """What a console attachment needs: the terminal, and the poll that says how the agent
+    ended once the stream has (a remote transport may answer it from its own channel)."""
+
     @abc.abstractmethod
-    async def close(self) -> None:
-        """Release the engine client."""
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        """The container's state, or None when it does not exist."""
+
+
+class Backend(Engine, Transport, abc.ABC):
+    """One place sessions can run, engine and transport in one object: ``docker``,
+    ``local``. Subclasses must implement every abstract method of both."""
+
+    def events(
+        self, instance: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[ContainerEvent]]:
+        """An engine without events (``has_events`` false) is polled instead."""
+        raise NotImplementedError(f"the {self.name} backend has no events stream")

@@ -25,8 +25,6 @@ import structlog
 
 from backends import docker_attach
 from backends.base import (
-    LABEL_DAEMON_INSTANCE,
-    LABEL_MANAGED,
     LABEL_SESSION_ID,
     Backend,
     BackendError,
@@ -40,10 +38,10 @@ from backends.base import (
     NetworkRefused,
     TerminalStream,
 )
+from backends.labels import container_name, labels_for, managed_filter
 
 log = structlog.get_logger(__name__)
 
-CONTAINER_NAME_PREFIX = "corral-"
 INFO_TIMEOUT = 3.0
 # aiodocker reports a failed connection as a DockerError with this pseudo status.
 _NO_CONNECTION = 900
@@ -59,10 +57,6 @@ WATCHED_EVENTS = ("start", "die", "oom", "kill", "stop", "destroy")
 CAP_DROP = ("ALL",)
 # The 20.10 engine takes the bare name (a ":true" suffix is its older, deprecated spelling).
 SECURITY_OPT = ("no-new-privileges",)
-
-
-def container_name(session_name: str) -> str:
-    return f"{CONTAINER_NAME_PREFIX}{session_name}"
 
 
 class DockerBackend(Backend):
@@ -141,9 +135,7 @@ class DockerBackend(Backend):
         return None
 
     async def list_managed(self, instance: str | None = None) -> list[ContainerInfo]:
-        filters = {"label": [f"{LABEL_MANAGED}=true"]}
-        if instance is not None:
-            filters["label"].append(f"{LABEL_DAEMON_INSTANCE}={instance}")
+        filters = {"label": managed_filter(instance)}
         async with self._engine("list corral's containers") as docker:
             containers = await docker.containers.list(all=True, filters=filters)
         # aiodocker keeps each list entry, unchanged, as the container object's data.
@@ -211,7 +203,7 @@ class DockerBackend(Backend):
         """
         filters = {
             "type": ["container"],
-            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_DAEMON_INSTANCE}={instance}"],
+            "label": managed_filter(instance),
             "event": list(WATCHED_EVENTS),
         }
         # A client of its own: when a call on the shared client finds the engine gone, that
@@ -452,11 +444,7 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
         "Image": spec.image,
         "WorkingDir": spec.working_dir,
         "Env": [f"{key}={value}" for key, value in spec.env.items()],
-        "Labels": {
-            LABEL_MANAGED: "true",
-            LABEL_SESSION_ID: spec.session_id,
-            LABEL_DAEMON_INSTANCE: spec.daemon_instance,
-        },
+        "Labels": labels_for(spec),
         # A TTY with stdin kept open lets the console attach, detach and reattach any time.
         "Tty": True,
         "OpenStdin": True,

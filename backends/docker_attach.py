@@ -15,11 +15,13 @@ import asyncio
 from urllib.parse import urlsplit
 
 from backends.base import BackendError, TerminalStream
+from backends.flow import Backlog
 
 READ_BYTES = 256 * 1024
 GATHER_AFTER = 2 * 1024  # output is flowing (an echo is a few bytes; a rest delays it <= 4 ms)
 GATHER_SECONDS = 0.004
 PAUSE_BYTES = 1024 * 1024  # unread output at which the socket stops being read
+RESUME_BYTES = PAUSE_BYTES // 2  # and at which it is read again
 HEAD_LIMIT = 64 * 1024
 
 
@@ -29,11 +31,11 @@ def supports(engine_url: str) -> bool:
 
 class _TtyProtocol(asyncio.Protocol):
     def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.arrived = asyncio.Event()
+        self.backlog = Backlog(
+            high=PAUSE_BYTES, low=RESUME_BYTES, pause=self._pause, resume=self._resume
+        )
         self.eof = False
         self.transport: asyncio.Transport | None = None
-        self._paused = False  # the reader is behind by PAUSE_BYTES
         self._resting = False  # a short pause after a large read, to gather the next one
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -43,20 +45,16 @@ class _TtyProtocol(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self.arrived.set()
-        if len(self.buffer) >= PAUSE_BYTES and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
+        self.backlog.put(data)
 
     def eof_received(self) -> bool:
         self.eof = True
-        self.arrived.set()
+        self.backlog.wake()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
-        self.arrived.set()
+        self.backlog.wake()
         self._can_write.set()
 
     def pause_writing(self) -> None:
@@ -65,19 +63,9 @@ class _TtyProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._can_write.set()
 
-    def take(self, limit: int) -> bytes:
-        data = bytes(self.buffer[:limit])
-        del self.buffer[:limit]
-        if not self.buffer:
-            self.arrived.clear()
-        if self._paused and len(self.buffer) < PAUSE_BYTES // 2:
-            self._paused = False
-            self._resume()
-        return data
-
     def rest(self, seconds: float) -> None:
         """Stop reading for ``seconds`` so that what the engine writes meanwhile is one read."""
-        if self.transport is None or self._resting or self._paused or self.eof:
+        if self.transport is None or self._resting or self.backlog.paused or self.eof:
             return
         self._resting = True
         self.transport.pause_reading()
@@ -85,8 +73,12 @@ class _TtyProtocol(asyncio.Protocol):
 
     def _end_rest(self) -> None:
         self._resting = False
-        if not self._paused:
+        if not self.backlog.paused:
             self._resume()
+
+    def _pause(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def _resume(self) -> None:
         if self.transport is not None and not self.transport.is_closing() and not self._resting:
@@ -120,13 +112,17 @@ async def open_attach(engine_url: str, container_id: str) -> RawTerminal:
             "HTTP/1.1\r\nHost: docker\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n"
             "Content-Length: 0\r\n\r\n".encode()
         )
-        while b"\r\n\r\n" not in protocol.buffer:
-            if protocol.eof or len(protocol.buffer) > HEAD_LIMIT:
+        received = bytearray()
+        while b"\r\n\r\n" not in received:
+            if len(received) > HEAD_LIMIT or (protocol.eof and not protocol.backlog.buffered):
                 raise BackendError(f"attach to container {container_id}: no answer")
-            protocol.arrived.clear()
-            await protocol.arrived.wait()
-        head, _, rest = bytes(protocol.buffer).partition(b"\r\n\r\n")
-        protocol.buffer = bytearray(rest)
+            if not protocol.backlog.buffered:
+                await protocol.backlog.wait()
+                continue
+            received += protocol.backlog.take(READ_BYTES)
+        head, _, rest = bytes(received).partition(b"\r\n\r\n")
+        # What the engine sent after its answer is the terminal's first output.
+        protocol.backlog.unread(rest)
         status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
         status = int(status_line.split(" ", 2)[1])
         if status != 101:
@@ -147,12 +143,11 @@ class RawTerminal(TerminalStream):
 
     async def read(self) -> bytes:
         protocol = self._protocol
-        while not protocol.buffer:
+        while not protocol.backlog.buffered:
             if protocol.eof:
                 return b""
-            protocol.arrived.clear()
-            await protocol.arrived.wait()
-        data = protocol.take(READ_BYTES)
+            await protocol.backlog.wait()
+        data = protocol.backlog.take(READ_BYTES)
         if len(data) >= GATHER_AFTER:
             protocol.rest(GATHER_SECONDS)
         return data

@@ -29,7 +29,8 @@ from backends.base import (
     Mount,
     TerminalStream,
 )
-from backends.local import HIGH_WATER, READ_BYTES, LocalBackend, PtyStream, command_for, host_path
+from backends.local import LocalBackend, command_for, host_path
+from backends.local_stream import HIGH_WATER, READ_BYTES, PtyStream
 
 pytestmark = pytest.mark.timeout(30)
 

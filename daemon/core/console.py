@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from backends.base import Backend, BackendError, TerminalStream
+from backends.base import BackendError, TerminalHost, TerminalStream
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +144,7 @@ class Attachment:
     def __init__(
         self,
         session_id: str,
-        backend: Backend,
+        backend: TerminalHost,
         container_id: str,
         *,
         buffer_bytes: int,
@@ -268,7 +268,7 @@ class Consoles:
         return attachment
 
     async def attach(
-        self, session_id: str, backend: Backend, container_id: str, *, replay_log: bool = False
+        self, session_id: str, backend: TerminalHost, container_id: str, *, replay_log: bool = False
     ) -> Attachment:
         """The live attachment for this container, made if there is none."""
         lock = self._locks.setdefault(session_id, asyncio.Lock())

@@ -43,7 +43,7 @@ from typing import Literal, Protocol
 
 import structlog
 
-from backends.base import Backend, BackendError, BackendUnavailable, ContainerEvent
+from backends.base import Backend, BackendError, BackendUnavailable, ContainerEvent, Engine
 from daemon.core.console import Consoles
 from daemon.core.health import Observation
 from daemon.core.hub import AgentExited, EventHub, UserActed
@@ -191,7 +191,7 @@ class Reconciler:
             except Exception:
                 log.exception("reconcile_pass_failed")
 
-    def _start_watch(self, backend: Backend) -> None:
+    def _start_watch(self, backend: Engine) -> None:
         old = self._watchers.pop(backend.name, None)
         if old is not None:
             old.cancel()
@@ -199,7 +199,7 @@ class Reconciler:
             self._watch(backend), name=f"engine-events:{backend.name}", group=SUPERVISE
         )
 
-    async def _watch(self, backend: Backend) -> None:
+    async def _watch(self, backend: Engine) -> None:
         """Follow the engine's events; reconnect with back-off when it goes away."""
         delay = self.settings.reconnect_min_seconds
         while True:
@@ -220,7 +220,7 @@ class Reconciler:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max_seconds)
 
-    def _engine_up(self, backend: Backend) -> None:
+    def _engine_up(self, backend: Engine) -> None:
         engine = self.engines.setdefault(backend.name, _Engine())
         if engine.available is not True:
             if engine.available is False:
@@ -228,7 +228,7 @@ class Reconciler:
                 log.info("engine_back", backend=backend.name, reconnects=engine.reconnects)
             engine.available, engine.since = True, utcnow()
 
-    def _engine_down(self, backend: Backend, error: str) -> None:
+    def _engine_down(self, backend: Engine, error: str) -> None:
         engine = self.engines.setdefault(backend.name, _Engine())
         engine.last_error = error
         if engine.available is not False:

@@ -244,7 +244,11 @@ async def test_client_that_never_reads_is_closed_others_unaffected(
     reader = await connect(client)
     await reader.send(type="subscribe", session_id=sid)
     await reader.next("subscribed", session_id=sid)
-    await asyncio.sleep(0.2)
+    # The stalled socket's subscribe is not read back: wait until the hub holds both.
+    hub = client.app[HUB]
+    async with asyncio.timeout(10):
+        while sum(sid in getattr(x, "sessions", ()) for x in hub._listeners) < 2:
+            await asyncio.sleep(0.01)
     try:
         start = client.app[HUB].last_seq(sid)
         count = 10_000

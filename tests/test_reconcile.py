@@ -102,6 +102,14 @@ def docker(*args: str) -> str:
     return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout
 
 
+async def full_pass(client: Any) -> None:
+    """Wait for a whole reconciliation pass that starts now: what it would plan, it has."""
+    reconciler = client.app[RECONCILER]
+    done = reconciler.passes
+    reconciler.request_pass()
+    await asyncio.wait_for(reconciler.wait_pass(done), 30)
+
+
 @pytest.mark.parametrize(
     ("how", "health"), [(("kill",), "error"), (("rm", "-f"), "missing")], ids=["kill", "rm"]
 )
@@ -114,10 +122,10 @@ async def test_container_killed_or_removed_is_published_then_recreated(
     worktree = Path(session["worktree_path"])
     (worktree / "work.txt").write_text("precious\n")
     events = await subscribed(client)
-    started = time.monotonic()
     docker(*how, session["container_id"])
-    status = await events.next("session_status", session_id=sid, health=health, timeout=5)
-    assert time.monotonic() - started < 1.0
+    # From the engine's events: the periodic pass is far away (bench/reconcile_kill_to_event.py
+    # measures how soon).
+    status = await events.next("session_status", session_id=sid, health=health, timeout=15)
     assert status["archived"] is False
     # Then recreated on its own, on the same worktree.
     back = await events.next("session_status", session_id=sid, health="healthy", timeout=30)
@@ -174,7 +182,8 @@ async def test_clean_exit_is_the_users_stop_and_is_not_recovered(
     assert attachment is not None
     await attachment.write(b"exit 0\r")
     await events.next("session_status", session_id=session["id"], status="stopped")
-    await asyncio.sleep(0.5)  # several back-offs: nothing happens
+    await full_pass(client)  # a pass sees it: nothing is planned
+    assert not client.app[RECONCILER].recovery.pending(session["id"])
     report = await health_of(client, session["id"])
     assert report["health"] == "stopped"
     assert report["recommended_action"] == "start"
@@ -208,7 +217,8 @@ async def test_crash_loop_ends_after_the_attempts_with_the_reason(
     container_id = (await (await client.get(f"/api/sessions/{sid}")).json())["session"][
         "container_id"
     ]
-    await asyncio.sleep(1.0)
+    await full_pass(client)
+    assert not client.app[RECONCILER].recovery.pending(sid)
     again = (await (await client.get(f"/api/sessions/{sid}")).json())["session"]
     assert again["container_id"] == container_id
     assert again["health"] == "crash_loop"
@@ -250,7 +260,8 @@ async def test_worktree_deleted_by_hand_is_reported_not_recovered(
         "recreate": True, "recreate_fresh": False, "cleanup": False, "delete": False,
     }  # fmt: skip
     assert report["details"]["missing_worktrees"] == [session["repositories"][0]["mount_name"]]
-    await asyncio.sleep(0.5)  # passes come and go: no automatic recreate
+    await full_pass(client)  # a pass comes and goes: no automatic recreate
+    assert not client.app[RECONCILER].recovery.pending(session["id"])
     now = (await (await client.get(f"/api/sessions/{session['id']}")).json())["session"]
     assert now["container_id"] == session["container_id"]
     assert now["health"] == "worktree_missing"
@@ -264,7 +275,6 @@ async def test_orphan_and_stray_containers_are_removed(
 ) -> None:
     client = await daemon()
     session = await create_running(client, git_repo)
-    reconciler = client.app[RECONCILER]
     labels = ["--label", "corral.managed=true",
               "--label", f"corral.daemon_instance={settings.data_dir}"]  # fmt: skip
     orphan = docker("run", "-d", "--network", "none", *labels,
@@ -277,9 +287,7 @@ async def test_orphan_and_stray_containers_are_removed(
                      "--label", f"corral.daemon_instance={settings.data_dir}-other",
                      busybox_image).strip()  # fmt: skip
     try:
-        done = reconciler.passes
-        reconciler.request_pass()
-        await asyncio.wait_for(reconciler.wait_pass(done), 30)
+        await full_pass(client)
         assert container_state(orphan) == {}
         assert container_state(stray) == {}
         assert container_state(foreign) != {}

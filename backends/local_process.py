@@ -30,7 +30,7 @@ from ptyprocess import PtyProcess
 
 from backends.base import BackendError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the stream module imports this one; a child only names its stream
     from backends.local_stream import PtyStream
 
 # SIGKILL cannot be refused; a process still there after this is stuck in the kernel.

@@ -213,7 +213,8 @@ async def _corral_app(data_dir: Path, port: int) -> tuple[Any, str, Publish]:
 
     from daemon.app import create_app
     from daemon.core.models import Repository, SessionStatus
-    from daemon.core.store import SessionRecord, Store
+    from daemon.core.session import SessionRecord
+    from daemon.core.store import Store
     from daemon.keys import HUB
     from daemon.log import configure_logging
     from daemon.settings import LoggingSettings, ServerSettings, Settings

@@ -30,7 +30,7 @@ from daemon.agents.codex_rollout import ROLLOUT_GLOB, CodexRolloutParser
 from daemon.agents.runner import ATTACHMENTS_DIR, HOOKS_FILE, copy_attachments
 from daemon.agents.transcript import TranscriptTailer, newest_file_sync
 from daemon.core import homefs
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 from daemon.settings import Settings
 from tests.conftest import ROOT, create_running, wait_for
 

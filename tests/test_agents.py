@@ -14,7 +14,7 @@ from daemon.agents.claude import ClaudeRunner, transcript_path
 from daemon.agents.codex import CodexRunner
 from daemon.agents.runner import ATTACHMENTS_DIR, copy_attachments
 from daemon.app import create_app
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 from daemon.keys import TASKS
 from daemon.settings import Settings
 from tests.conftest import create_running, sweep_containers

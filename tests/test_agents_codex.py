@@ -18,7 +18,7 @@ import pytest
 from daemon.agents.codex import CodexRunner
 from daemon.agents.codex_rollout import ROLLOUT_GLOB, CodexRolloutParser
 from daemon.app import create_app
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 from daemon.keys import TASKS
 from daemon.settings import Settings
 from tests.conftest import create_running, sweep_containers

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from daemon.core.models import MetadataUpdate
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 from daemon.keys import HUB, SETTINGS
 from daemon.settings import Settings
 from daemon.supervise import metadata

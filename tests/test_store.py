@@ -11,7 +11,8 @@ import pytest
 
 from daemon.app import create_app
 from daemon.core.models import Repository, SessionStatus
-from daemon.core.store import MIGRATIONS, SessionRecord, Store, StoreError
+from daemon.core.session import SessionRecord
+from daemon.core.store import MIGRATIONS, Store, StoreError
 from daemon.keys import MANAGER, TASKS
 from tests.conftest import sweep_containers, wait_for
 

@@ -24,7 +24,7 @@ from daemon.agents.runner import (
     write_hooks,
 )
 from daemon.core import homefs
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 
 CLI_VERSION = "2.1.197"
 HOOK_EVENTS = ("UserPromptSubmit", "PreToolUse", "PostToolUse", "Notification", "Stop")

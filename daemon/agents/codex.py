@@ -37,7 +37,7 @@ from daemon.agents.runner import (
     write_hooks,
 )
 from daemon.core import homefs
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 
 API_KEY_ENV = "OPENAI_API_KEY"
 HOOK_EVENTS = ("UserPromptSubmit", "PreToolUse", "PostToolUse", "Stop")

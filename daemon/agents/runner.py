@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from daemon.agents.transcript import loads_bounded
 from daemon.core import homefs
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 from daemon.settings import Settings, deep_merge
 
 log = structlog.get_logger(__name__)

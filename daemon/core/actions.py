@@ -21,8 +21,8 @@ from backends.base import Backend, BackendError
 from daemon.core import worktrees
 from daemon.core.console import Consoles
 from daemon.core.models import Repository, SessionStatus
+from daemon.core.session import SessionRecord, utcnow
 from daemon.core.spawn import Spawner
-from daemon.core.store import SessionRecord, utcnow
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -16,7 +16,8 @@ from backends.base import BackendError
 from daemon.core.console import Consoles
 from daemon.core.errors import Conflict, InvalidRequest
 from daemon.core.models import SessionStatus
-from daemon.core.store import SessionRecord, Store
+from daemon.core.session import SessionRecord
+from daemon.core.store import Store
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 
 from backends.base import ContainerInfo, ContainerState
 from daemon.core.models import Action, Health, HealthReport, Reconciliation, SessionStatus
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 
 # Whether the worktree's files and the conversation survive each action.
 DATA_PRESERVATION: dict[Action, bool] = {

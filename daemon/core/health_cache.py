@@ -15,7 +15,7 @@ from pathlib import Path
 from backends.base import Backend, BackendUnavailable
 from daemon.core.health import Observation, Recovery, report, stored_health
 from daemon.core.models import Health, HealthReport, SessionStatus
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 
 _Save = Callable[[SessionRecord, str], Awaitable[None]]
 

@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 import structlog
 
 from daemon.core.models import Action
-from daemon.core.store import SessionRecord, Store, _ts, utcnow
+from daemon.core.session import SessionRecord, rfc3339, utcnow
+from daemon.core.store import Store
 from daemon.core.tasks import HUB, TaskSupervisor
 
 log = structlog.get_logger(__name__)
@@ -113,7 +114,7 @@ class EventHub:
         """
         seq = self._seq.get(session_id, 0) + 1
         self._seq[session_id] = seq
-        timestamp = _ts(utcnow())
+        timestamp = rfc3339(utcnow())
         assert timestamp is not None
         row = (session_id, seq, event_type, json.dumps(payload, default=str), timestamp)
         await asyncio.shield(self._enqueue(row))

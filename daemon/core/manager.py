@@ -58,8 +58,9 @@ from daemon.core.models import (
     Session,
     SessionStatus,
 )
+from daemon.core.session import SessionRecord, utcnow
 from daemon.core.spawn import Spawner
-from daemon.core.store import SessionRecord, Store, StoreError, utcnow
+from daemon.core.store import Store, StoreError
 from daemon.core.tasks import TaskSupervisor
 from daemon.core.validate import EngineCheck, Names
 from daemon.settings import Settings

@@ -1,4 +1,5 @@
-"""API shapes: the single source of truth for request and response bodies and the OpenAPI."""
+"""API shapes: the single source of truth for request and response bodies and the OpenAPI
+(``SessionFields`` is also the base of the domain model, ``daemon/core/session.py``)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,11 @@ class Repository(ApiModel):
     subdir: str = Field("", description="Folder inside the repository the session starts in.")
 
 
-class Session(ApiModel):
+class SessionFields(BaseModel):
+    """What a session is, as the daemon keeps it and the API shows it. The domain model
+    (:class:`daemon.core.session.SessionRecord`) and the API's :class:`Session` both derive
+    from it, so the two cannot drift apart."""
+
     id: str
     name: str
     description: str = ""
@@ -97,20 +102,27 @@ class Session(ApiModel):
     archived: bool = False
     archived_at: datetime | None = None
     agent_state: AgentState = AgentState.UNKNOWN
-    repo_path: str = Field(description="The primary repository's path.")
     repositories: list[Repository]
-    worktree_path: str = Field(description="The primary repository's worktree.")
-    branch_name: str
-    base_branch: str
     prompt: str
     no_plan_mode: bool = False
     image: str | None = None
     container_id: str | None = None
-    health: Health
     progress: Progress | None = None
     error_message: str | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class Session(SessionFields):
+    """A session in API answers: the kept fields, the primary repository's, and health."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo_path: str = Field(description="The primary repository's path.")
+    worktree_path: str = Field(description="The primary repository's worktree.")
+    branch_name: str
+    base_branch: str
+    health: Health
 
 
 class ChatEvent(ApiModel):

@@ -17,7 +17,7 @@ from backends.base import ContainerSpec, Mount
 from daemon.agents.runner import CONTAINER_HOME, AgentRunner, copy_attachments
 from daemon.core import homefs
 from daemon.core.git_mounts import GitWorktree, git_mounts
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 from daemon.settings import Settings
 
 CONTAINER_WORKSPACE = "/workspace"

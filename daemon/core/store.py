@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
-from pydantic import BaseModel, Field
 
 from daemon.core.errors import InternalError
 from daemon.core.faults import JournalHook
-from daemon.core.models import AgentState, Progress, Repository, SessionStatus
+from daemon.core.models import Repository
+from daemon.core.session import SessionRecord, rfc3339, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -148,67 +147,8 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-_last_created = datetime.min.replace(tzinfo=UTC)
-_created_lock = threading.Lock()
-
-
-def creation_time() -> datetime:
-    """A session's creation time: to the microsecond, and later than every one before it
-    in this process, so sessions made in the same second list newest first (the list is
-    ordered by it) even when the clock is coarse or steps back.
-
-    Never on a whole second: that prints without a fraction ("...:05Z") and as text would
-    sort after its own second's fractions ("...:05.2Z"), and clients compare the text.
-    """
-    global _last_created
-    with _created_lock:
-        now = max(datetime.now(UTC), _last_created + timedelta(microseconds=1))
-        if now.microsecond == 0:
-            now += timedelta(microseconds=1)
-        _last_created = now
-        return now
-
-
-def _ts(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def _parse_ts(value: str | None) -> datetime | None:
+def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
-
-
-class SessionRecord(BaseModel):
-    """A session as the daemon keeps it; the API's Session adds the computed health."""
-
-    id: str
-    name: str
-    description: str = ""
-    tags: list[str] = Field(default_factory=list)
-    backend: str
-    agent: str
-    model: str | None = None
-    status: SessionStatus
-    archived: bool = False
-    archived_at: datetime | None = None
-    agent_state: AgentState = AgentState.UNKNOWN
-    prompt: str
-    no_plan_mode: bool = False
-    image: str | None = None
-    image_paths: list[str] = Field(default_factory=list)
-    container_id: str | None = None
-    progress: Progress | None = None
-    error_message: str | None = None
-    created_at: datetime
-    updated_at: datetime
-    repositories: list[Repository]
-
-    @property
-    def primary(self) -> Repository:
-        return next(r for r in self.repositories if r.is_primary)
 
 
 _SESSION_COLUMNS = [
@@ -224,7 +164,7 @@ def _to_column(name: str, value: Any) -> Any:
     if name in _JSON_COLUMNS:
         return json.dumps(value)
     if name in _TIME_COLUMNS:
-        return _ts(value)
+        return rfc3339(value)
     if name == "progress":
         return value.model_dump_json() if value is not None else None
     if isinstance(value, bool):
@@ -243,7 +183,7 @@ def _session_data(row: sqlite3.Row) -> dict[str, Any]:
     for c in _JSON_COLUMNS:
         data[c] = json.loads(data[c])
     for c in _TIME_COLUMNS:
-        data[c] = _parse_ts(data[c])
+        data[c] = _parse_time(data[c])
     data["progress"] = json.loads(data["progress"]) if data["progress"] else None
     data["archived"] = bool(data["archived"])
     data["no_plan_mode"] = bool(data["no_plan_mode"])
@@ -450,7 +390,7 @@ class Store:
                     "INSERT INTO agent_cursors (session_id, cursor, updated_at) VALUES (?, ?, ?) "
                     "ON CONFLICT(session_id) DO UPDATE SET cursor = excluded.cursor, "
                     "updated_at = excluded.updated_at",
-                    [session_id, json.dumps(cursor), _ts(utcnow())],
+                    [session_id, json.dumps(cursor), rfc3339(utcnow())],
                 )
             ]
         )
@@ -464,7 +404,7 @@ class Store:
         out = {}
         for row in rows:
             for key in ("last_attempt", "next_attempt"):
-                row[key] = _parse_ts(row[key])
+                row[key] = _parse_time(row[key])
             row["recreated"] = bool(row["recreated"])
             out[row.pop("session_id")] = row
         return out
@@ -480,8 +420,8 @@ class Store:
                     "last_attempt = excluded.last_attempt, last_error = excluded.last_error, "
                     "next_attempt = excluded.next_attempt, outcome = excluded.outcome, "
                     "recreated = excluded.recreated",
-                    [session_id, state["attempts"], _ts(state["last_attempt"]),
-                     state["last_error"], _ts(state["next_attempt"]), state["outcome"],
+                    [session_id, state["attempts"], rfc3339(state["last_attempt"]),
+                     state["last_error"], rfc3339(state["next_attempt"]), state["outcome"],
                      int(state["recreated"])],
                 )
             ]
@@ -493,7 +433,7 @@ class Store:
     # operations journal
 
     async def begin_operation(self, session_id: str, kind: str, step: str) -> int:
-        now = _ts(utcnow())
+        now = rfc3339(utcnow())
         _, op_id = await self._transaction(
             [("INSERT INTO operations (session_id, kind, step, state, started_at, updated_at) "
               "VALUES (?, ?, ?, 'running', ?, ?)", (session_id, kind, step, now, now))]
@@ -513,7 +453,7 @@ class Store:
         await self.write(
             [
                 ("UPDATE operations SET step = ?, updated_at = ? WHERE id = ?",
-                 [step, _ts(utcnow()), op_id]),
+                 [step, rfc3339(utcnow()), op_id]),
                 (f"UPDATE sessions SET {assignments} WHERE id = ?",  # noqa: S608 - fixed names
                  [_to_column(n, getattr(record, n)) for n in names] + [record.id]),
             ]
@@ -524,7 +464,7 @@ class Store:
     async def operation_step(self, op_id: int, step: str) -> None:
         await self.write(
             [("UPDATE operations SET step = ?, updated_at = ? WHERE id = ?",
-              [step, _ts(utcnow()), op_id])]
+              [step, rfc3339(utcnow()), op_id])]
         )  # fmt: skip
 
     async def end_operation(self, op_id: int, state: str, error: str | None = None) -> None:
@@ -533,7 +473,7 @@ class Store:
             self.journal_hook.journal_step(kind, "end")
         await self.write(
             [("UPDATE operations SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-              [state, error, _ts(utcnow()), op_id])]
+              [state, error, rfc3339(utcnow()), op_id])]
         )  # fmt: skip
 
     async def open_operations(self) -> list[dict[str, Any]]:

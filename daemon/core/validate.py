@@ -29,8 +29,8 @@ from daemon.core.models import (
     slug,
 )
 from daemon.core.names import generate_name
+from daemon.core.session import SessionRecord, creation_time
 from daemon.core.spawn import BRANCH_PREFIX, Spawner, branch_name
-from daemon.core.store import SessionRecord, creation_time
 from daemon.settings import Settings
 
 ENGINE_TRUST_SECONDS = 2.0

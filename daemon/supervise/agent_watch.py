@@ -33,7 +33,8 @@ from daemon.core.homefs import HostileFile
 from daemon.core.hub import EventHub
 from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.models import AgentState, SessionStatus
-from daemon.core.store import SessionRecord, Store
+from daemon.core.session import SessionRecord
+from daemon.core.store import Store
 from daemon.core.tasks import WATCH, TaskSupervisor
 from daemon.settings import Settings
 

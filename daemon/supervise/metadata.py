@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from daemon.core.errors import BackendFailed, Conflict
 from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.models import MetadataUpdate, slug
-from daemon.core.store import SessionRecord, Store
+from daemon.core.session import SessionRecord
+from daemon.core.store import Store
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -30,7 +30,7 @@ import structlog
 from backends.base import Backend, BackendError, ContainerInfo
 from daemon.core import worktrees
 from daemon.core.models import OrphanContainer, Orphans, OrphanWorktree, SessionStatus
-from daemon.core.store import SessionRecord
+from daemon.core.session import SessionRecord
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -56,7 +56,8 @@ from daemon.core.models import (
     SessionHealthSummary,
     SessionStatus,
 )
-from daemon.core.store import SessionRecord, Store, utcnow
+from daemon.core.session import SessionRecord, utcnow
+from daemon.core.store import Store
 from daemon.core.tasks import SUPERVISE, TaskSupervisor
 from daemon.settings import Settings
 from daemon.supervise import orphans, recovery, watchdog

@@ -32,7 +32,8 @@ from daemon.core.errors import ApiError, BackendUnavailableError, Conflict
 from daemon.core.health import Observation, Outcome, Recovery
 from daemon.core.hub import UserActed
 from daemon.core.models import Health, HealthReport, SessionStatus
-from daemon.core.store import SessionRecord, Store, StoreError, utcnow
+from daemon.core.session import SessionRecord, utcnow
+from daemon.core.store import Store, StoreError
 from daemon.core.tasks import SUPERVISE, TaskSupervisor
 from daemon.settings import ReconcileSettings
 

@@ -26,7 +26,7 @@ from daemon.core.health import Recovery
 from daemon.core.hub import Event, EventHub
 from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.models import AgentState, SessionStatus
-from daemon.core.store import SessionRecord, utcnow
+from daemon.core.session import SessionRecord, utcnow
 from daemon.core.tasks import SUPERVISE, TaskSupervisor
 
 log = structlog.get_logger(__name__)

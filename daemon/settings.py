@@ -7,6 +7,9 @@ Every key here must appear, with its default, in ``config.example.toml``; a test
 the two in step. Environment variables are named ``CORRAL_<SECTION>__<KEY>`` (for
 example ``CORRAL_SERVER__PORT=4000``); list values are given as JSON. A ``CORRAL_*``
 variable that names no setting is warned about and left alone: it may be another tool's.
+
+Over 400 lines on purpose: most of it is the fields with their descriptions, which are the
+documentation of every key (and of ``GET /api/config``); the loading itself is short.
 """
 
 from __future__ import annotations

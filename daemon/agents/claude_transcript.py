@@ -42,6 +42,9 @@ when the file has been quiet for a while).
 **Dedupe.** A record uuid, once processed or held, is never processed again, so feeding the
 same lines twice (a re-read after the file was rewritten) emits nothing new. The set of
 seen uuids is bounded (``max_seen``) to keep the persisted state small.
+
+Over 400 lines on purpose: one parser of one format, its record kinds and their edge cases
+side by side, so a change to one kind is read beside the others it must agree with.
 """
 
 from __future__ import annotations

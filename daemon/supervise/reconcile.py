@@ -27,6 +27,9 @@ Automatic recovery is ``daemon/supervise/recovery.py``; the stall watchdog
 ``daemon/supervise/watchdog.py``.
 A session with an operation under way is never observed: the operation settles it, and a
 check asked for meanwhile waits for it to end.
+
+Over 400 lines on purpose: the three triggers share one per-session check, its locking and
+the engine watch's back-off; apart, each would need its own copy of them.
 """
 
 from __future__ import annotations

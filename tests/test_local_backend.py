@@ -240,7 +240,9 @@ async def test_stop_escalates_to_sigkill(backend: LocalBackend, dirs: tuple[Path
     began = time.monotonic()
     await backend.stop(container_id, timeout=0.5)
     took = time.monotonic() - began
-    assert 0.4 < took < 5
+    # It waited for the grace period, then did not wait for the process (which never ends by
+    # itself): the upper bound is far from anything a loaded machine reaches.
+    assert 0.4 < took < 20
     info = await backend.inspect(container_id)
     assert info is not None
     assert info.state is ContainerState.EXITED

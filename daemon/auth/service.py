@@ -10,6 +10,9 @@ Decisions (docs/decisions.md, "Security"):
   like adding one; the last passkey cannot be deleted.
 - Only a browser session may add a passkey or create an API token: a leaked token must not
   be able to mint lasting credentials for itself.
+
+About 400 lines: ``Auth`` is the one object the handlers call for every sign-in concern;
+the ceremonies' library calls, the challenge pools and the setup token are beside it.
 """
 
 from __future__ import annotations

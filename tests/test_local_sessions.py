@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.app import create_app
-from daemon.keys import TASKS
+from daemon.keys import MANAGER, TASKS
 from tests.conftest import create_running
 from tests.test_console import open_console
 
@@ -53,3 +53,24 @@ async def test_local_sessions_stop_with_the_daemon_and_start_again(
     await viewer.run("cat kept.txt; echo cat-done-$((3+3))", "cat-done-6")
     assert b"kept" in viewer.data
     await viewer.ws.close()
+
+
+async def test_the_session_list_is_never_served_stale(client: Any, git_repo: Path) -> None:
+    """Lists and details are cached; every write of a session invalidates them, whichever
+    path makes it (here one straight to the store, as a new feature's might)."""
+    session = await create_running(client, git_repo, backend="local", name="fresh")
+    sid = session["id"]
+    listed = await (await client.get("/api/sessions")).json()
+    assert [s["description"] for s in listed["sessions"]] == [""]
+    assert (await client.get(f"/api/sessions/{sid}")).status == 200
+    manager = client.app[MANAGER]
+    record = manager.get(sid)
+    record.description = "changed underneath"
+    await manager.store.update_session(record, ["description"])
+    listed = await (await client.get("/api/sessions")).json()
+    assert [s["description"] for s in listed["sessions"]] == ["changed underneath"]
+    detail = await (await client.get(f"/api/sessions/{sid}")).json()
+    assert detail["session"]["description"] == "changed underneath"
+    assert (await client.delete(f"/api/sessions/{sid}?force=true")).status == 202
+    await client.app[TASKS].wait(timeout=30)
+    assert (await (await client.get("/api/sessions")).json())["sessions"] == []

@@ -61,6 +61,8 @@ class HealthCache:
 
     def __init__(self) -> None:
         self._observed: dict[str, tuple[tuple[object, ...], Health]] = {}
+        # Moves whenever a health shown could change; keys cached answers with the store's.
+        self.changes = 0
 
     @staticmethod
     def _key(record: SessionRecord) -> tuple[object, ...]:
@@ -75,6 +77,7 @@ class HealthCache:
 
     def forget(self, session_id: str) -> None:
         self._observed.pop(session_id, None)
+        self.changes += 1
 
     async def settle(
         self,
@@ -90,7 +93,10 @@ class HealthCache:
         changed = await self._sync_status(record, seen, save)
         if seen is not None:
             self._observed[record.id] = (self._key(record), health_report.health)
-        return health_report, changed or self.current(record) is not before
+        changed = changed or self.current(record) is not before
+        if changed:
+            self.changes += 1
+        return health_report, changed
 
     @staticmethod
     async def _sync_status(record: SessionRecord, seen: Observation | None, save: _Save) -> bool:

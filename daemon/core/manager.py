@@ -91,7 +91,6 @@ class _Operation:
         await self.manager.store.record_step(
             self.op_id, journal_step, self.record, ("progress", "updated_at")
         )
-        self.manager.version += 1
         await self.manager.hub.publish(
             "session_progress",
             self.record.id,
@@ -121,7 +120,6 @@ class SessionManager:
         self.backends = backends
         self.tasks = tasks
         self.records: dict[str, SessionRecord] = {}
-        self.version = 0  # bumped on every change; caches key on it
         self._busy: set[str] = set()
         self._engine = EngineCheck()
         # What automatic recovery has done per session (daemon/supervise/recovery.py keeps it).
@@ -174,6 +172,13 @@ class SessionManager:
         found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return found
 
+    @property
+    def version(self) -> tuple[int, int, int]:
+        """What answers built from the sessions are cached under: it moves with every write
+        of a session to the store (a failed one too), every change of a health shown and
+        every record added or removed, so no path can forget to invalidate them."""
+        return (self.store.sessions_changed, self.health_cache.changes, len(self.records))
+
     async def save(self, record: SessionRecord, *fields: str) -> None:
         written = (*fields, "updated_at")
         record.updated_at = utcnow()
@@ -185,9 +190,8 @@ class SessionManager:
             with contextlib.suppress(StoreError, sqlite3.Error):
                 for name, value in (await self.store.stored_fields(record.id, written)).items():
                     setattr(record, name, value)
-            self.version += 1
+            self.store.sessions_changed += 1  # the record was put back after the failed write
             raise
-        self.version += 1
 
     async def publish_status(self, record: SessionRecord) -> None:
         await self.hub.publish(
@@ -247,7 +251,6 @@ class SessionManager:
                 if record.status is SessionStatus.RUNNING:
                     record.status = SessionStatus.STOPPED
                 await self.save(record, "container_id", "status")
-        self.version += 1
         running = [
             r
             for r in self.records.values()
@@ -276,7 +279,6 @@ class SessionManager:
             await self.store.insert_session(record)
             op_id = await self.store.begin_operation(record.id, "create", "record")
             self.records[record.id] = record
-            self.version += 1
         finally:
             if name is not None:
                 self.names.release(name)
@@ -355,7 +357,6 @@ class SessionManager:
         recovery = self.recovery.get(record.id)
         health_report, changed = await self.health_cache.settle(record, seen, recovery, self.save)
         if changed:
-            self.version += 1
             await self.publish_status(record)
         return health_report
 
@@ -528,7 +529,6 @@ class SessionManager:
             self.health_cache.forget(record.id)
             self.recovery.pop(record.id, None)
             self.hub.forget(record.id)
-            self.version += 1
             log.info("session_deleted", session_id=record.id)
         except Exception as exc:
             error = api_error(exc)

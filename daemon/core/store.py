@@ -206,6 +206,9 @@ class Store:
         # Told of each journaled step; only tests install one (daemon/core/faults.py).
         self.journal_hook: JournalHook | None = None
         self._max_variables = 999  # SQLite's bound parameters per statement; read at open
+        # Moves with every write to a session (done or failed); answers built from the
+        # sessions are cached under it, so no code path can forget to invalidate them.
+        self.sessions_changed = 0
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -285,6 +288,12 @@ class Store:
 
     # sessions
 
+    async def _write_sessions(self, statements: list[tuple[str, Iterable[Any]]]) -> None:
+        try:
+            await self.write(statements)
+        finally:
+            self.sessions_changed += 1
+
     async def insert_session(self, record: SessionRecord) -> None:
         data = record.model_dump()
         columns = ", ".join(_SESSION_COLUMNS)
@@ -299,7 +308,7 @@ class Store:
             )
         ]
         statements += self._repository_rows(record)
-        await self.write(statements)
+        await self._write_sessions(statements)
 
     def _repository_rows(self, record: SessionRecord) -> list[tuple[str, Iterable[Any]]]:
         rows: list[tuple[str, Iterable[Any]]] = [
@@ -322,7 +331,7 @@ class Store:
         if not names:
             return
         assignments = ", ".join(f"{n} = ?" for n in names)
-        await self.write(
+        await self._write_sessions(
             [
                 (
                     f"UPDATE sessions SET {assignments} WHERE id = ?",  # noqa: S608 - fixed names
@@ -332,7 +341,7 @@ class Store:
         )
 
     async def delete_session(self, session_id: str) -> None:
-        await self.write(
+        await self._write_sessions(
             [
                 ("DELETE FROM events WHERE session_id = ?", [session_id]),
                 ("DELETE FROM agent_cursors WHERE session_id = ?", [session_id]),
@@ -450,7 +459,7 @@ class Store:
         """A journal step and the session's changed fields, in one transaction."""
         names = [f for f in fields if f in _SESSION_COLUMNS and f != "id"]
         assignments = ", ".join(f"{n} = ?" for n in names)
-        await self.write(
+        await self._write_sessions(
             [
                 ("UPDATE operations SET step = ?, updated_at = ? WHERE id = ?",
                  [step, rfc3339(utcnow()), op_id]),

@@ -78,7 +78,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 def _remember(cache: dict[tuple[object, ...], bytes], key: tuple[object, ...], body: bytes,
-              version: int) -> None:  # fmt: skip
+              version: object) -> None:  # fmt: skip
     """Keep answers for the current version only, and not too many of them."""
     if len(cache) > 256 or any(k[0] != version for k in cache):
         cache.clear()

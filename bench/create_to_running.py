@@ -1,8 +1,9 @@
 """Create-to-running of a Docker session through corral vs the raw steps it wraps.
 
 Raw baseline: ``git worktree add -b <branch> <path> main`` (a subprocess) plus container
-create and start of the same image with aiodocker, with the daemon's options (Tty,
-OpenStdin, Init, the same bind mounts, the host uid:gid, network none).
+create and start of the same image with aiodocker, with the body the daemon sends (Tty,
+OpenStdin, Init, the same bind mounts including the git mounts, no capabilities, the default
+limits, the host uid:gid, network none).
 
 1. Serial: N interleaved pairs (order alternating), median of each; target: median
    overhead <= 150 ms.
@@ -15,6 +16,7 @@ Status is polled every ~4 ms (the daemon has no event socket yet).
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 import uuid
@@ -37,10 +39,14 @@ from _common import (
     median,
     metric,
     percentile,
-    raw_container_config,
     setup,
     workdir,
 )
+
+from backends.base import ContainerSpec, Mount
+from backends.docker_json import container_config
+from daemon.core.git_mounts import GitWorktree, git_mounts
+from daemon.settings import Settings
 
 POLL = 0.004  # seconds between status polls (plus one round trip)
 BATCH = 5
@@ -51,16 +57,30 @@ TIMEOUT = 60.0  # per create
 
 
 def raw_config(image: str, worktree: Path, repo: Path, home: Path, tag: str) -> dict[str, Any]:
-    """The same container body the daemon sends (backends/docker.py container_config)."""
-    mounts = [(str(worktree), "/workspace"), (str(repo / ".git"), str(repo / ".git")),
-              (str(home), "/home/agent")]  # fmt: skip
-    config = raw_container_config(image, tag)
-    config["WorkingDir"] = "/workspace"
-    config["Env"] = ["HOME=/home/agent", f"CORRAL_SESSION_ID={uuid.uuid4()}",
-                     "TERM=xterm-256color"]  # fmt: skip
-    config["HostConfig"]["Mounts"] = [
-        {"Type": "bind", "Source": s, "Target": t, "ReadOnly": False} for s, t in mounts
+    """The container body the daemon sends (backends/docker_json.py container_config): its
+    mounts (the worktree, the git mounts of daemon/core/git_mounts.py, the home), its
+    hardening and default limits, network none; labelled for the bench's sweep."""
+    docker = Settings().docker
+    mounts = [
+        Mount(str(worktree), "/workspace"),
+        *git_mounts([GitWorktree(str(repo), str(worktree), "/workspace")]),
+        Mount(str(home), "/home/agent"),
     ]
+    spec = ContainerSpec(
+        session_id=str(uuid.uuid4()),
+        session_name=worktree.name,
+        image=image,
+        working_dir="/workspace",
+        mounts=tuple(mounts),
+        env={"HOME": "/home/agent", "TERM": "xterm-256color"},
+        user=f"{os.getuid()}:{os.getgid()}",
+        cpu_limit=min(docker.cpu_limit, os.cpu_count() or 1) if docker.cpu_limit else None,
+        memory_limit=docker.memory_limit_mb * 1024 * 1024 or None,
+        pids_limit=docker.pids_limit or None,
+        network_mode="none",
+    )
+    config = container_config(spec)
+    config["Labels"] = {LABEL_BENCH: tag}
     return config
 
 

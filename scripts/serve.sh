@@ -1,17 +1,35 @@
 #!/usr/bin/env bash
-# Start the corral daemon from this checkout:
+# Start the corral daemon from this checkout, preparing what its main job needs:
 #   scripts/serve.sh [corral serve options]   e.g. scripts/serve.sh --port 8765
-# Creates .venv on first use and installs the project into it (again only when
-# pyproject.toml changes), builds the web UI (scripts/build-web.sh, again only when it
-# changed), then runs `corral serve` with the given options.
+# 1. .venv: created on first use, the project installed into it (again only when
+#    pyproject.toml changes);
+# 2. a Docker engine: when `docker info` does not answer, as root on Debian/Ubuntu
+#    docker.io is installed if missing and dockerd started in the background
+#    (scripts/lib/engine.sh); otherwise the exact commands to run are printed and we stop;
+# 3. the web UI (scripts/build-web.sh, again only when it changed);
+# 4. `exec corral serve` with the given options. The daemon builds the default agent image
+#    itself when it is missing (images/agent/build-default.sh), so this never waits for it.
+# Each step prints what it did and how long it took.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+# shellcheck source=scripts/lib/engine.sh
+. scripts/lib/engine.sh
 
+say() { echo "serve: $*" >&2; }
+t0=$EPOCHREALTIME
+# "<what> (<seconds since the step began> s)", then the next step begins
+done_step() {
+  local now=$EPOCHREALTIME
+  say "$1 ($(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%.1f", b - a }') s)"
+  t0=$now
+}
+
+# 1. the virtualenv with the project
 if [ ! -x .venv/bin/python ]; then
-  echo "serve: creating .venv" >&2
-  python3 -m venv .venv
+  say "creating .venv"
+  python3 -m venv .venv || { say "python3 -m venv failed; on Debian/Ubuntu: sudo apt-get install -y python3-venv"; exit 1; }
 fi
 want=$(sha256sum <pyproject.toml | cut -c1-64)
 installed=no
@@ -21,18 +39,37 @@ for stamp in .venv/.corral-pip-serve .venv/.corral-pip-test; do
   fi
 done
 if [ "$installed" = no ]; then
-  echo "serve: pip install -e . (log: .venv/pip-install.log)" >&2
+  say "pip install -e . (log: .venv/pip-install.log)"
   if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e . \
     >.venv/pip-install.log 2>&1; then
     tail -n 30 .venv/pip-install.log >&2
-    echo "serve: pip install failed" >&2
+    say "pip install failed"
     exit 1
   fi
   echo "$want" >.venv/.corral-pip-serve
+  done_step "python packages installed"
+else
+  done_step "python packages up to date"
 fi
 
-# The web UI (skipped when web/dist is up to date). Without it the API still works and
-# the page at / says how to build it.
-bash scripts/build-web.sh || echo "serve: the web UI was not built (see above); the API works without it" >&2
+# 2. the Docker engine
+if engine_answers; then
+  done_step "docker engine answers"
+elif engine_ensure say; then
+  done_step "docker engine up"
+else
+  say "then run scripts/serve.sh again"
+  exit 1
+fi
 
+# 3. the web UI (skipped when web/dist is up to date). Without it the API still works and
+# the page at / says how to build it.
+if bash scripts/build-web.sh; then
+  done_step "web UI ready"
+else
+  done_step "the web UI was not built (see above); the API works without it"
+fi
+
+# 4. the daemon; it builds the default agent image in the background when it is missing
+say "starting corral serve $*"
 exec .venv/bin/corral serve "$@"

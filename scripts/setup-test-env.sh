@@ -44,21 +44,13 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------
-# 2. Docker engine
-if docker info >/dev/null 2>&1; then
+# 2. Docker engine (scripts/lib/engine.sh: start dockerd unless `docker info` answers)
+# shellcheck source=scripts/lib/engine.sh
+. scripts/lib/engine.sh
+if engine_answers; then
   log "docker engine answers"
 else
-  if ! pgrep -x dockerd >/dev/null 2>&1; then
-    log "starting dockerd (log: /tmp/dockerd.log)"
-    as_root setsid dockerd >/tmp/dockerd.log 2>&1 </dev/null &
-  else
-    log "dockerd is running; waiting for it to answer"
-  fi
-  for _ in $(seq 1 60); do
-    docker info >/dev/null 2>&1 && break
-    sleep 1
-  done
-  docker info >/dev/null 2>&1 || { tail -n 30 /tmp/dockerd.log >&2 || true; die "docker engine did not answer within 60 s"; }
+  engine_ensure log || die "no Docker engine"
   log "docker engine up"
 fi
 

@@ -43,8 +43,10 @@ from daemon.keys import (
     STORE,
     TASKS,
 )
+from daemon.resources import web_dist
 from daemon.settings import Settings
 from daemon.supervise.agent_watch import AgentWatcher
+from daemon.supervise.image_build import ImageWatch
 from daemon.supervise.reconcile import Reconciler
 from ws.connection import OpenSockets
 from ws.console import console_socket
@@ -52,9 +54,9 @@ from ws.events import events_socket
 
 log = structlog.get_logger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-# The built UI (scripts/build-web.sh): index.html plus content-hashed files under assets/.
-WEB_DIST = WEB_DIR / "dist"
+# The built UI (scripts/build-web.sh): index.html plus content-hashed files under assets/,
+# a checkout's web/dist or the installed package's copy (daemon/resources.py).
+WEB_DIST = web_dist()
 WEB_ASSETS = WEB_DIST / "assets"
 IMMUTABLE = "public, max-age=31536000, immutable"
 NOT_BUILT = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>corral</title>
@@ -138,6 +140,8 @@ async def _supervise_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     await reconciler.start()
     app[RECONCILER] = reconciler
+    # The default agent image, built when it is missing (now, or once the engine answers).
+    ImageWatch(app[MANAGER].images, tasks).start()
     yield
     await reconciler.close()
     await watcher.close()

@@ -5,7 +5,8 @@
              daemon.keys, client               below; frames and bytes out
     supervise  daemon.supervise                tasks that watch sessions and act on them
     core     daemon.core, daemon.agents        sessions, store, hub, git, homes, console
-    base     daemon (version), daemon.settings, daemon.log, backends
+    base     daemon (version), daemon.settings, daemon.log,
+             daemon.resources, backends
 
 So the core never learns about WebSockets or HTTP (a console viewer is a ``Viewer``, not a
 ``ws`` connection), backends know nothing of the daemon, and a supervisor is reached by the
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("daemon", "backends", "ws", "client")
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("daemon.settings", "daemon.log", "backends", "daemon")),
+    ("base", ("daemon.settings", "daemon.log", "daemon.resources", "backends", "daemon")),
     ("core", ("daemon.core", "daemon.agents")),
     ("supervise", ("daemon.supervise",)),
     ("edge", ("daemon.http", "daemon.auth", "daemon.keys", "ws", "client")),

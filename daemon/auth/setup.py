@@ -16,8 +16,10 @@ from daemon.auth.middleware import LOGIN_FILES
 from daemon.auth.service import Auth
 from daemon.http.routes import Handler
 from daemon.keys import AUTH, SETTINGS, STORE
+from daemon.resources import web_dir
 
-WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
+# The passkey page's files: a checkout's web/ or the installed package's copy.
+WEB_DIR = web_dir()
 
 
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:

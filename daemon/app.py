@@ -46,6 +46,7 @@ from daemon.keys import (
 from daemon.resources import web_dist
 from daemon.settings import Settings
 from daemon.supervise.agent_watch import AgentWatcher
+from daemon.supervise.image_build import ImageWatch
 from daemon.supervise.reconcile import Reconciler
 from ws.connection import OpenSockets
 from ws.console import console_socket
@@ -139,6 +140,8 @@ async def _supervise_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     await reconciler.start()
     app[RECONCILER] = reconciler
+    # The default agent image, built when it is missing (now, or once the engine answers).
+    ImageWatch(app[MANAGER].images, tasks).start()
     yield
     await reconciler.close()
     await watcher.close()

@@ -1,8 +1,10 @@
-"""The ``corral`` command: ``corral serve`` starts the daemon; ``corral attach`` joins a session."""
+"""The ``corral`` command: ``corral serve`` starts the daemon; ``corral attach`` joins a
+session; ``corral doctor`` checks what the daemon's main job needs, each with its fix."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import sys
 from pathlib import Path
@@ -14,6 +16,8 @@ from aiohttp import web
 from client import attach
 from daemon import __version__
 from daemon.auth.service import derive_rp_id
+from daemon.core.readiness import system_status
+from daemon.core.system_models import WARNING_CHECKS, SystemStatus
 from daemon.http.middlewares import is_loopback
 from daemon.log import configure_logging
 from daemon.settings import Settings, SettingsError, load_settings, warn_unknown_variables
@@ -41,16 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     attach.add_arguments(
         commands.add_parser("attach", help="connect this terminal to a session's console")
     )
+    doctor = commands.add_parser(
+        "doctor", help="check the engine, agent image, keys, data dir and git, with fixes"
+    )
+    doctor.add_argument("--config", type=Path, help="config.toml (default ~/.config/corral/)")
+    doctor.add_argument("--data-dir", type=Path, help="data folder (default ~/.local/share/corral)")
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     server: dict[str, Any] = {}
-    if args.host is not None:
+    if getattr(args, "host", None) is not None:
         server["host"] = args.host
-    if args.port is not None:
+    if getattr(args, "port", None) is not None:
         server["port"] = args.port
-    if args.allow_remote_without_auth:
+    if getattr(args, "allow_remote_without_auth", None):
         server["allow_remote_without_auth"] = True
     out: dict[str, Any] = {"server": server} if server else {}
     if args.data_dir is not None:
@@ -133,10 +142,45 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _doctor_status(settings: Settings) -> SystemStatus:
+    from backends.docker import DockerBackend  # imported late: argument errors stay fast
+
+    engine = DockerBackend(settings.docker.url or None, api_timeout=settings.docker.api_timeout)
+    try:
+        return await system_status(settings, engine)
+    finally:
+        await engine.close()
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Print every readiness check with its fix; 1 when one fails (credentials only warn)."""
+    configure_logging("error")
+    try:
+        settings = load_settings(args.config, overrides=_overrides(args))
+    except SettingsError as exc:
+        print(f"✗ configuration: {exc}")
+        return 2
+    status = asyncio.run(_doctor_status(settings))
+    width = max(len(check.name) for check in status.checks)
+    for check in status.checks:
+        mark = "✓" if check.ok else "!" if check.name in WARNING_CHECKS else "✗"
+        print(f"{mark} {check.name:<{width}}  {check.summary}")
+        if check.fix:
+            print(f"  {'':<{width}}  fix: {check.fix}")
+    failing = [c.name for c in status.checks if not c.ok and c.name not in WARNING_CHECKS]
+    if failing:
+        print(f"not ready: {', '.join(failing)} (fix each, then run corral doctor again)")
+        return 1
+    print("ready: sessions can be created (! lines are warnings)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "doctor":
+        return doctor(args)
     if args.command == "attach":
         return attach.run(args)
     return 2  # unreachable: argparse requires a command

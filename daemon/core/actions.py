@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
-from backends.base import Backend, BackendError
+from backends.base import Backend, BackendError, ImageNotFound
 from daemon.core import worktrees
 from daemon.core.console import Consoles
+from daemon.core.image_build import ImageBuilder
 from daemon.core.models import Repository, SessionStatus
 from daemon.core.session import SessionRecord, utcnow
 from daemon.core.spawn import Spawner
@@ -35,6 +37,8 @@ class Steps(Protocol):
 
     async def step(self, journal_step: str, message: str) -> None: ...
 
+    async def note(self, journal_step: str, message: str) -> None: ...
+
 
 class Core(Protocol):
     """What the actions need of the session core: records' writes and their publishing."""
@@ -42,6 +46,7 @@ class Core(Protocol):
     settings: Settings
     spawner: Spawner
     consoles: Consoles
+    images: ImageBuilder
 
     def backend_for(self, record: SessionRecord) -> Backend: ...
 
@@ -146,7 +151,14 @@ class Lifecycle:
             await self.remove_containers(record)
             await self.spawner.prepare_home(record)
         # In a thread: the git mounts read and create folders in the repositories.
-        info = await backend.create(await asyncio.to_thread(self.spawner.spec, record))
+        spec = await asyncio.to_thread(self.spawner.spec, record)
+        try:
+            info = await backend.create(spec)
+        except ImageNotFound:
+            # Wait while the default image is built on first use; any other missing image
+            # fails with the command that makes it.
+            await self.core.images.provide(spec.image, partial(op.note, "image"))
+            info = await backend.create(spec)
         record.container_id = info.id
         await self.core.save(record, "container_id")
         await op.step("start", "Starting the container")

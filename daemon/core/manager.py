@@ -47,6 +47,7 @@ from daemon.core.failures import api_error
 from daemon.core.health import Observation, Recovery
 from daemon.core.health_cache import HealthCache, engine_away, needs_engine, observe
 from daemon.core.hub import AgentExited, EventHub, UserActed
+from daemon.core.image_build import ImageBuilder
 from daemon.core.models import (
     Action,
     CreateSessionRequest,
@@ -86,6 +87,10 @@ class _Operation:
     async def step(self, journal_step: str, message: str) -> None:
         """Journal the step, then show it as progress: always before its side effects."""
         self.step_no += 1
+        await self.note(journal_step, message)
+
+    async def note(self, journal_step: str, message: str) -> None:
+        """Journal and show news of the step under way (a wait), keeping its number."""
         self.record.progress = Progress(step=self.step_no, total=self.total, message=message)
         self.record.updated_at = utcnow()
         await self.manager.store.record_step(
@@ -126,6 +131,8 @@ class SessionManager:
         self.recovery: dict[str, Recovery] = {}
         self.health_cache = HealthCache()
         self.names = Names(self.records, self.spawner)
+        # The default agent image, built on first use (sessions wait for it in ``launch``).
+        self.images = ImageBuilder(settings, backends.get("docker"), tasks)
         self.lifecycle = Lifecycle(self)
         self.chat = Chat(settings, store, consoles)
 

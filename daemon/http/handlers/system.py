@@ -6,9 +6,11 @@ from aiohttp import web
 
 from daemon import __version__
 from daemon.core.models import DaemonHealth, DockerStatus, HealthSummary
+from daemon.core.readiness import system_status
+from daemon.core.system_models import SystemStatus
 from daemon.http.openapi import openapi_document
 from daemon.http.routes import ROUTES, dump
-from daemon.keys import BACKENDS, RECONCILER, SETTINGS
+from daemon.keys import BACKENDS, MANAGER, RECONCILER, SETTINGS
 
 
 @ROUTES.route(
@@ -49,6 +51,28 @@ async def health(request: web.Request) -> web.Response:
 )
 async def health_summary(request: web.Request) -> web.Response:
     return dump(request.app[RECONCILER].summary())
+
+
+@ROUTES.route(
+    "GET",
+    "/api/system",
+    "Whether this machine is ready for sessions: each part checked, with its fix",
+    response=SystemStatus,
+    tags=("system",),
+    description="The Docker engine and its version, the default agent image (present, or "
+    "being built with its progress, or why its last build failed), an API key per agent "
+    '(only whether one is set and its source, "config" or "environment"), the data dir '
+    "(writable, free disk) and git. Each check that is not ok carries a one-line fix. "
+    "``ready`` needs every check but the credentials, which are warnings. "
+    "``corral doctor`` prints the same checks without a daemon.",
+)
+async def system(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    return dump(
+        await system_status(
+            request.app[SETTINGS], request.app[BACKENDS].get("docker"), manager.images
+        )
+    )
 
 
 @ROUTES.route(

@@ -14,7 +14,8 @@
 #   4. tag TAG.
 # stdout carries only the progress, one line a step: `corral-progress <step> <total> <message>`
 # (the daemon shows it while it waits); logs go to stderr. Exit 0 on success.
-# CORRAL_AGENT_HASH_REPO renames the hash tag's repository (tests use it to stay apart).
+# CORRAL_AGENT_HASH_REPO renames the hash tag's repository (tests use it to stay apart);
+# CORRAL_AGENT_BASE=debootstrap builds a new Debian base whatever is cached (the cold bench).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -80,13 +81,18 @@ trap 'kill "$cli_pid" 2>/dev/null || true' INT TERM
 
 base_hash=$(debian_base_hash)
 corral_base="corral-base:$base_hash"
-if have_image "$corral_base"; then
+if [ "${CORRAL_AGENT_BASE:-}" = debootstrap ]; then
+  base= # build a new Debian base, whatever is cached (bench/first_run.py --cold)
+elif have_image "$corral_base"; then
   base=$corral_base
 elif have_image "corral-test-base:$base_hash"; then
   base="corral-test-base:$base_hash" # the same recipe, built by scripts/build-test-images.sh
 elif have_image debian:bookworm-slim; then
   base=debian:bookworm-slim
-elif log "trying docker pull debian:bookworm-slim (60 s at most)" &&
+fi
+if [ -n "${base:-}" ]; then
+  :
+elif [ "${CORRAL_AGENT_BASE:-}" != debootstrap ] && log "trying docker pull debian:bookworm-slim (60 s at most)" &&
   timeout 60 docker pull -q debian:bookworm-slim >&2; then
   base=debian:bookworm-slim
 else

@@ -51,10 +51,13 @@ class Found(enum.Enum):
     NO_RECIPE = "no_recipe"  # missing, and nothing here can build it
 
 
-def build_command(image: str, recipe: Path | None) -> str:
-    """The one command that makes ``image`` present, for messages and fixes."""
-    if recipe is None:
+def build_command(image: str, recipe: Path | None, *, default: bool = True) -> str:
+    """The one command that makes ``image`` present, for messages and fixes: the recipe for
+    the default image (named as in a checkout when none is found here), a pull otherwise."""
+    if not default:
         return f"docker pull {image}"
+    if recipe is None:
+        return f"images/agent/{RECIPE_SCRIPT} {image} (in a corral checkout)"
     return f"bash {recipe / RECIPE_SCRIPT} {image}"
 
 
@@ -92,7 +95,7 @@ class ImageBuilder:
     def fix(self, image: str | None = None) -> str:
         """The command that makes ``image`` (the default one if not given) present."""
         image = image or self.image
-        return build_command(image, self.recipe() if image == self.image else None)
+        return build_command(image, self.recipe(), default=image == self.image)
 
     def _notify(self) -> None:
         self._changed.set()

@@ -45,6 +45,7 @@ EXPECTED = {
     "events_fanout.py": {"latency_p99_1000eps", "gaps_1000eps", "max_delivered_rate"},
     "events_replay.py": {"replay_10k"},
     "local_loop_lag.py": {"flood_read_tick_lateness_worst", "input_write_tick_lateness_worst"},
+    "first_run.py": {"clone_to_answering", "image_build"},
 }
 METRIC_NUMBERS = ("measured", "baseline", "overhead", "samples")
 

@@ -18,6 +18,7 @@ import { h, relativeTime, replace } from "./dom";
 import { type ConnectionState, EventsClient } from "./events";
 import { SessionView, type Tab, TABS } from "./session";
 import { SessionStore } from "./store";
+import { SystemUi } from "./system";
 import { tokensView } from "./tokens";
 import type { ServerEvent, Session } from "./types";
 import {
@@ -33,6 +34,7 @@ import {
 
 const store = new SessionStore();
 const events = new EventsClient();
+const system = new SystemUi();
 let auth: AuthInfo = {
   available: false,
   enabled: false,
@@ -58,6 +60,7 @@ window.__corral = {
   get view() {
     return current;
   },
+  system: system.monitor,
 };
 
 // --- shell -----------------------------------------------------------------------------
@@ -132,8 +135,16 @@ function mountShell(root: HTMLElement): void {
       { class: "topbar" },
       h("a", { href: "#/", class: "brand" }, "corral"),
       h("div", { class: "topbar-state" }, connection, retry),
-      h("div", { class: "topbar-actions" }, newButton, helpButton, accountArea),
+      h(
+        "div",
+        { class: "topbar-actions" },
+        system.link,
+        newButton,
+        helpButton,
+        accountArea,
+      ),
     ),
+    system.banner,
     h("div", { class: "layout" }, sidebar, main),
   );
   mountNotices(root);
@@ -375,12 +386,14 @@ type Route =
   | { name: "home" }
   | { name: "new" }
   | { name: "tokens" }
+  | { name: "system" }
   | { name: "session"; id: string; tab: Tab };
 
 function parseRoute(): Route {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
   if (parts[0] === "new") return { name: "new" };
   if (parts[0] === "tokens") return { name: "tokens" };
+  if (parts[0] === "system") return { name: "system" };
   if (parts[0] === "s" && parts[1]) {
     const tab = TABS.includes(parts[2] as Tab) ? (parts[2] as Tab) : "chat";
     return { name: "session", id: decodeURIComponent(parts[1]), tab };
@@ -411,9 +424,14 @@ function route(): void {
   }
   current?.dispose();
   current = null;
+  // Where a new user lands, the first-run checklist (shown when something is missing).
+  if (r.name === "new" || r.name === "home") system.refresh();
   if (r.name === "new") {
-    replace(main, createView({ store, navigate, defaultImage }));
+    replace(main, system.slot, createView({ store, navigate, defaultImage }));
     document.title = "New session · corral";
+  } else if (r.name === "system") {
+    replace(main, system.view());
+    document.title = "System · corral";
   } else if (r.name === "tokens") {
     replace(main, tokensView());
     document.title = "Passkeys and API tokens · corral";
@@ -428,6 +446,7 @@ function route(): void {
       h(
         "div",
         { class: "view empty-view" },
+        h("div", { class: "system-place" }),
         h("h2", null, "Sessions"),
         h(
           "p",
@@ -441,8 +460,20 @@ function route(): void {
     );
     document.title = "corral";
   }
+  placeChecklist();
   renderList();
 }
+
+/** On the home view the first-run checklist sits above the sessions text; a phone shows the
+ * list alone there, so it goes above the list instead. */
+const narrow = window.matchMedia("(max-width: 760px)");
+function placeChecklist(): void {
+  const place = main.querySelector(".system-place");
+  if (!place) return;
+  if (narrow.matches) sidebar.insertBefore(system.slot, listCount);
+  else place.append(system.slot);
+}
+narrow.addEventListener("change", placeChecklist);
 
 /** GET /api/config once per page (null when it could not be read). */
 function loadConfig(): Promise<Record<string, unknown> | null> {
@@ -571,7 +602,10 @@ async function start(): Promise<void> {
   events.onState((state) => {
     renderConnection(state);
     // "*" is not replayed: after a reconnect the list is loaded again.
-    if (state.phase === "open" && state.reconnect) void loadList();
+    if (state.phase === "open" && state.reconnect) {
+      void loadList();
+      system.refresh();
+    }
   });
   events.onEvent(onEvent);
   events.subscribeAll();

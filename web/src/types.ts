@@ -145,3 +145,27 @@ export interface ServerEvent {
 }
 
 export const CHAT_TYPES = new Set(["chat_message", "tool_call", "tool_result"]);
+
+/** GET /api/system: what the daemon needs to run a session, and what is missing. */
+export interface SystemCheck {
+  name: string;
+  ok: boolean;
+  summary: string;
+  fix: string | null;
+}
+
+export interface SystemStatus {
+  ready: boolean;
+  checks: SystemCheck[];
+  engine: { reachable: boolean; version: string | null };
+  image: {
+    name: string;
+    present: boolean;
+    building: boolean;
+    progress: Progress | null;
+    error: string | null;
+  };
+  credentials: Record<string, { present: boolean; source: string | null }>;
+  data_dir: { path: string; writable: boolean; free_bytes: number | null };
+  git: { version: string | null };
+}

@@ -242,22 +242,25 @@ async def test_a_missing_image_names_the_command_that_makes_it(
     monkeypatch: pytest.MonkeyPatch,
     which: str,
 ) -> None:
-    empty = tmp_path / "no-recipe"
-    empty.mkdir()
-    monkeypatch.setenv("CORRAL_AGENT_RECIPE", str(empty))
+    folder = tmp_path / "no-recipe"
+    folder.mkdir()
     body: dict[str, Any] = {"repo_path": str(git_repo), "prompt": "do it"}
     if which == "other":
+        # A recipe is there, but an image a request names is never built.
+        folder = recipe(tmp_path / "recipe", settings.docker.default_image)
         body["image"] = first_run_image
         command = f"docker pull {first_run_image}"
     else:
         settings.docker.default_image = first_run_image
         command = f"images/agent/build-default.sh {first_run_image}"
+    monkeypatch.setenv("CORRAL_AGENT_RECIPE", str(folder))
     client = await start(aiohttp_client, settings)
     try:
         sid = (await (await client.post("/api/sessions", json=body)).json())["session"]["id"]
         session = await wait_for(client, sid, lambda s: s["status"] != "creating")
         assert session["status"] == "failed"
         assert command in session["error_message"], session["error_message"]
+        assert not (folder / "runs").exists()
     finally:
         await stop(client, settings)
 

@@ -42,7 +42,17 @@ ENV_DELIMITER = "__"
 CONFIG_VARIABLE = "CORRAL_CONFIG"
 # corral's own variables that are no setting: not warned about (CORRAL_TOKEN is the API
 # token ``corral attach`` sends, often exported in the same shell as ``corral serve``).
-OTHER_VARIABLES = frozenset({CONFIG_VARIABLE, "CORRAL_TOKEN"})
+# corral's own variables that are not settings: corral attach's token, and the agent image
+# recipe's (images/agent/build-default.sh; CORRAL_AGENT_RECIPE is daemon/resources.py's).
+OTHER_VARIABLES = frozenset(
+    {
+        CONFIG_VARIABLE,
+        "CORRAL_TOKEN",
+        "CORRAL_AGENT_RECIPE",
+        "CORRAL_AGENT_BASE",
+        "CORRAL_AGENT_HASH_REPO",
+    }
+)
 DEFAULT_CONFIG_PATH = Path("~/.config/corral/config.toml")
 
 

@@ -41,12 +41,14 @@ def test_unknown_corral_variables_are_left_out_with_one_warning(tmp_path: Path) 
 
 
 def test_no_unknown_variables_no_warning(tmp_path: Path) -> None:
-    # CORRAL_CONFIG names the file and CORRAL_TOKEN is corral attach's: both corral's own.
+    # CORRAL_CONFIG names the file, CORRAL_TOKEN is corral attach's and CORRAL_AGENT_RECIPE
+    # the image recipe's: all corral's own.
     environ = _env(
         tmp_path,
         CORRAL_SERVER__PORT="4100",
         CORRAL_DATA_DIR=str(tmp_path),
         CORRAL_TOKEN="corral_tok_abc",
+        CORRAL_AGENT_RECIPE=str(tmp_path),
         NOT_CORRAL_SERVER__NOPE="1",
     )
     assert unknown_variables(environ) == []

@@ -470,12 +470,6 @@ class Store:
         if self.journal_hook is not None:
             self.journal_hook.journal_step(self._operation_kinds.get(op_id, "?"), step)
 
-    async def operation_step(self, op_id: int, step: str) -> None:
-        await self.write(
-            [("UPDATE operations SET step = ?, updated_at = ? WHERE id = ?",
-              [step, rfc3339(utcnow()), op_id])]
-        )  # fmt: skip
-
     async def end_operation(self, op_id: int, state: str, error: str | None = None) -> None:
         kind = self._operation_kinds.pop(op_id, "?")
         if state == "done" and self.journal_hook is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from daemon.agents.claude import ClaudeRunner, transcript_path
 from daemon.agents.codex import CodexRunner
 from daemon.agents.runner import ATTACHMENTS_DIR, copy_attachments
 from daemon.app import create_app
+from daemon.core.access import AgentAccess
 from daemon.core.session import SessionRecord
 from daemon.keys import TASKS
 from daemon.settings import Settings
@@ -72,6 +75,16 @@ async def recreate_and_ask(
 
 __all__ = ["model_server_fixture"]  # the fixture is used by name
 
+API_ACCESS = AgentAccess(
+    kind="api_key",
+    placeholder="sk-ant-api03-corral-placeholder-0123456789",
+    base_url="http://172.17.0.1:7/anthropic",
+)
+OAUTH_ACCESS = replace(API_ACCESS, kind="oauth_token", placeholder="sk-ant-oat01-corral-x")
+PROXIED_ACCESS = replace(
+    API_ACCESS, proxy_url="http://172.18.0.1:7", no_proxy="172.18.0.1,localhost,127.0.0.1"
+)
+
 
 def record(**fields: Any) -> SessionRecord:
     base: dict[str, Any] = {
@@ -127,19 +140,35 @@ def test_claude_launch_first_start_then_resume(tmp_path: Path) -> None:
     assert '"$CORRAL_PROMPT"' in script
     assert "$VARS" not in script  # the prompt travels in the environment, never quoted
     assert launch.env["CORRAL_PROMPT"] == record().prompt
-    assert launch.env["ANTHROPIC_API_KEY"] == "sk-ant-test-0123456789abcdefghij"
+    # Without the gateway's access the agent gets no credential at all, never the real key.
+    assert "sk-ant-test-0123456789abcdefghij" not in json.dumps(launch.env)
+    assert "ANTHROPIC_API_KEY" not in launch.env
     assert launch.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    keyed = runner.launch(record(), "/workspace", access=API_ACCESS)
+    assert keyed.env["ANTHROPIC_API_KEY"] == API_ACCESS.placeholder
+    assert keyed.env["ANTHROPIC_BASE_URL"] == API_ACCESS.base_url
+    assert "CLAUDE_CODE_OAUTH_TOKEN" not in keyed.env
+    signed_in = runner.launch(record(), "/workspace", access=OAUTH_ACCESS)
+    # A subscription token alone: an API key beside it would turn OAuth off.
+    assert signed_in.env["CLAUDE_CODE_OAUTH_TOKEN"] == OAUTH_ACCESS.placeholder
+    assert "ANTHROPIC_API_KEY" not in signed_in.env
+    proxied = runner.launch(record(), "/workspace", access=PROXIED_ACCESS)
+    assert proxied.env["HTTPS_PROXY"] == proxied.env["http_proxy"] == "http://172.18.0.1:7"
+    assert proxied.env["NO_PROXY"] == "172.18.0.1,localhost,127.0.0.1"
+    assert "HTTPS_PROXY" not in keyed.env
     unplanned = runner.launch(record(no_plan_mode=True), "/workspace")
     assert "--permission-mode" not in unplanned.command[2]
 
     home = tmp_path / "home"
     (home).mkdir()
     (home / ".claude.json").write_text(json.dumps({"numStartups": 7}))
-    runner.prepare_home(home, record(), "/workspace/sub")
+    runner.prepare_home(home, record(), "/workspace/sub", API_ACCESS)
     seeded = json.loads((home / ".claude.json").read_text())
     assert seeded["numStartups"] == 7  # the agent's own keys are kept
     assert seeded["hasCompletedOnboarding"] is True
-    assert seeded["customApiKeyResponses"]["approved"] == ["0123456789abcdefghij"]
+    # The TUI is told the placeholder is approved; the real key is nowhere in the home.
+    assert seeded["customApiKeyResponses"]["approved"] == [API_ACCESS.placeholder[-20:]]
+    assert "0123456789abcdefghij" not in (home / ".claude.json").read_text()
     assert seeded["projects"]["/workspace/sub"]["hasTrustDialogAccepted"] is True
     hooks = json.loads((home / ".claude" / "settings.json").read_text())["hooks"]
     assert set(hooks) == {"UserPromptSubmit", "PreToolUse", "PostToolUse", "Notification", "Stop"}
@@ -147,23 +176,57 @@ def test_claude_launch_first_start_then_resume(tmp_path: Path) -> None:
     assert transcript_path(home, "abc", "/workspace/sub").parent.name == "-workspace-sub"
 
 
-def test_codex_config_points_at_the_configured_endpoint(tmp_path: Path) -> None:
+def test_codex_config_points_at_the_gateway(tmp_path: Path) -> None:
     settings = Settings.model_validate(
-        {"agents": {"openai_base_url": "http://127.0.0.1:9/v1", "openai_api_key": "sk-o"}}
+        {"agents": {"openai_base_url": "http://127.0.0.1:9/v1", "openai_api_key": "sk-o-real"}}
     )
     runner = CodexRunner(settings, environ={})
-    runner.prepare_home(tmp_path, record(agent="codex", model='gpt "5"'), "/workspace")
+    access = replace(API_ACCESS, base_url="http://172.17.0.1:7/openai")
+    runner.prepare_home(tmp_path, record(agent="codex", model='gpt "5"'), "/workspace", access)
     config = (tmp_path / ".codex" / "config.toml").read_text()
     import tomllib
 
     parsed = tomllib.loads(config)
     assert parsed["model"] == 'gpt "5"'
     assert parsed["model_provider"] == "corral"
-    assert parsed["model_providers"]["corral"]["base_url"] == "http://127.0.0.1:9/v1"
+    assert parsed["model_providers"]["corral"]["base_url"] == "http://172.17.0.1:7/openai"
+    assert parsed["model_providers"]["corral"]["env_key"] == "OPENAI_API_KEY"
     assert parsed["features"]["plugins"] is False
-    launch = runner.launch(record(agent="codex"), "/workspace")
+    assert not (tmp_path / ".codex" / "auth.json").exists()
+    launch = runner.launch(record(agent="codex"), "/workspace", access=access)
     assert "resume --last" in launch.command[2]
-    assert launch.env["OPENAI_API_KEY"] == "sk-o"
+    assert launch.env["OPENAI_API_KEY"] == access.placeholder
+    assert "sk-o-real" not in json.dumps(launch.env) + config
+
+
+def test_codex_chatgpt_sign_in_is_a_placeholder_auth_file(tmp_path: Path) -> None:
+    runner = CodexRunner(Settings.model_validate({}), environ={})
+    access = AgentAccess(
+        kind="chatgpt",
+        placeholder="eyJ.eyJ.placeholder",
+        base_url="http://172.17.0.1:7/chatgpt/codex",
+        chatgpt_url="http://172.17.0.1:7/chatgpt/",
+        account_id="acct-real",
+        claims={"plan": "pro", "email": "me@example.com"},
+    )
+    (tmp_path / ".codex").mkdir()
+    runner.prepare_home(tmp_path, record(agent="codex"), "/workspace", access)
+    import tomllib
+
+    parsed = tomllib.loads((tmp_path / ".codex" / "config.toml").read_text())
+    assert parsed["chatgpt_base_url"] == "http://172.17.0.1:7/chatgpt/"
+    provider = parsed["model_providers"]["corral"]
+    assert provider["requires_openai_auth"] is True and "env_key" not in provider
+    auth = json.loads((tmp_path / ".codex" / "auth.json").read_text())
+    assert auth["tokens"]["access_token"] == "eyJ.eyJ.placeholder"
+    assert "acct-real" not in json.dumps(auth)  # the gateway sends the real account
+    claims = json.loads(base64.urlsafe_b64decode(auth["tokens"]["id_token"].split(".")[1] + "=="))
+    assert claims["https://api.openai.com/auth"]["chatgpt_plan_type"] == "pro"
+    launch = runner.launch(record(agent="codex"), "/workspace", access=access)
+    assert "OPENAI_API_KEY" not in launch.env
+    # A later launch with an API key leaves no sign-in file behind.
+    runner.prepare_home(tmp_path, record(agent="codex"), "/workspace", API_ACCESS)
+    assert not (tmp_path / ".codex" / "auth.json").exists()
 
 
 @pytest.mark.docker

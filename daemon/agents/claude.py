@@ -20,10 +20,12 @@ from daemon.agents.runner import (
     KeyedRunner,
     first_prompt,
     merge_json_file,
+    proxy_env,
     shell_entry,
     write_hooks,
 )
 from daemon.core import homefs
+from daemon.core.access import AgentAccess
 from daemon.core.session import SessionRecord
 
 CLI_VERSION = "2.1.197"
@@ -54,10 +56,18 @@ class ClaudeRunner(KeyedRunner):
     def configured_key(self) -> SecretStr:
         return self.settings.agents.anthropic_api_key
 
-    def prepare_home(self, home: Path, record: SessionRecord, working_dir: str) -> None:
+    def prepare_home(
+        self,
+        home: Path,
+        record: SessionRecord,
+        working_dir: str,
+        access: AgentAccess | None = None,
+    ) -> None:
         # The home is the container's: every write goes through homefs, following no link.
         homefs.make_dir(home, ".corral")
-        approved = [self.api_key[-20:]] if self.api_key else []
+        # The TUI asks before using an API key it has not seen; the placeholder is the one.
+        placeholder = access.placeholder if access and access.kind == "api_key" else ""
+        approved = [placeholder[-20:]] if placeholder else []
         merge_json_file(
             home,
             ".claude.json",
@@ -78,7 +88,11 @@ class ClaudeRunner(KeyedRunner):
         write_hooks(home, ".claude/settings.json", HOOK_EVENTS)
 
     def launch(
-        self, record: SessionRecord, working_dir: str, home: str = CONTAINER_HOME
+        self,
+        record: SessionRecord,
+        working_dir: str,
+        home: str = CONTAINER_HOME,
+        access: AgentAccess | None = None,
     ) -> AgentLaunch:
         flags: list[str] = []
         if record.model:
@@ -99,9 +113,12 @@ class ClaudeRunner(KeyedRunner):
             "CORRAL_PROMPT": first_prompt(record, home),
             "CORRAL_TRANSCRIPT": transcript,
         }
-        if self.api_key:
-            env[self.key_env] = self.api_key
-        base_url = self.settings.agents.anthropic_base_url
-        if base_url:
-            env["ANTHROPIC_BASE_URL"] = base_url
+        if access is not None:
+            # Only the placeholder: the gateway swaps in the real credential. Claude Code
+            # takes its sign-in mode from the variable: CLAUDE_CODE_OAUTH_TOKEN alone keeps
+            # subscription mode (an ANTHROPIC_API_KEY beside it would turn it off).
+            env["ANTHROPIC_BASE_URL"] = access.base_url
+            variable = "CLAUDE_CODE_OAUTH_TOKEN" if access.kind == "oauth_token" else self.key_env
+            env[variable] = access.placeholder
+            env.update(proxy_env(access))
         return AgentLaunch(command, env)

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from daemon.agents.transcript import loads_bounded
 from daemon.core import homefs
+from daemon.core.access import AgentAccess
 from daemon.core.session import SessionRecord
 from daemon.settings import Settings, deep_merge
 
@@ -40,15 +41,38 @@ class AgentLaunch:
 class AgentRunner(Protocol):
     name: str
 
-    def prepare_home(self, home: Path, record: SessionRecord, working_dir: str) -> None:
+    def prepare_home(
+        self,
+        home: Path,
+        record: SessionRecord,
+        working_dir: str,
+        access: AgentAccess | None = None,
+    ) -> None:
         """Seed the agent home (runs in a worker thread); never touches the worktree."""
 
     def launch(
-        self, record: SessionRecord, working_dir: str, home: str = CONTAINER_HOME
+        self,
+        record: SessionRecord,
+        working_dir: str,
+        home: str = CONTAINER_HOME,
+        access: AgentAccess | None = None,
     ) -> AgentLaunch:
         """The command that starts the agent, resuming its own conversation if it has one.
 
-        ``home`` is the agent home as the agent sees it (for the attached files' paths)."""
+        ``home`` is the agent home as the agent sees it (for the attached files' paths);
+        ``access`` is how it reaches its model (corral's gateway and this launch's
+        placeholder); without it the agent gets no credential at all."""
+
+
+def proxy_env(access: AgentAccess | None) -> dict[str, str]:
+    """The egress proxy for an allowlist session, in both spellings tools read."""
+    if access is None or not access.proxy_url:
+        return {}
+    env = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        env[name] = env[name.lower()] = access.proxy_url
+    env["NO_PROXY"] = env["no_proxy"] = access.no_proxy
+    return env
 
 
 class KeyedRunner:

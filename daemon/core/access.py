@@ -19,10 +19,13 @@ Decisions and their measurements: ``docs/decisions.md`` ("Credentials").
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from daemon.core.models import AgentName, EgressPolicy
 from daemon.core.session import rfc3339, utcnow
@@ -96,6 +99,7 @@ class AgentAccess:
     placeholder: str  # the stand-in credential, this session's only
     base_url: str  # the gateway, as the agent reaches it, with the provider's prefix
     chatgpt_url: str = ""  # codex with a ChatGPT sign-in: the gateway's ChatGPT prefix
+    network: str = ""  # the container's network ("" for a local session)
     proxy_url: str = ""  # allowlist egress: corral's forward proxy; else empty
     no_proxy: str = ""  # hosts reached without the proxy (the gateway's address)
     account_id: str = ""  # chatgpt: shown to the agent as is (not a secret)
@@ -121,6 +125,17 @@ PLACEHOLDER_PREFIX = {
     "oauth_token": "sk-ant-oat01-corral-",
     "chatgpt": "corral-",
 }
+
+
+def unsigned_jwt(claims: dict[str, Any], signature: str) -> str:
+    """A JWT-shaped token (``alg: none``): Codex reads the claims of its ChatGPT tokens
+    (plan, account, expiry) but cannot check a signature; the last part carries the
+    placeholder's random text."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.{signature}"
 
 
 def token_hash(token: str) -> str:
@@ -174,9 +189,17 @@ class Placeholders:
         ) as cursor:
             self._by_hash = {row[1]: (row[0], row[2]) async for row in cursor}
 
-    async def issue(self, session_id: str, kind: CredentialKind) -> str:
-        """A new placeholder for the session, replacing any it had."""
+    async def issue(
+        self,
+        session_id: str,
+        kind: CredentialKind,
+        shape: Callable[[str], str] | None = None,
+    ) -> str:
+        """A new placeholder for the session, replacing any it had. ``shape`` turns the
+        random part into the token the agent needs (Codex wants a JWT)."""
         token = PLACEHOLDER_PREFIX.get(kind, "corral-") + secrets.token_urlsafe(32)
+        if shape is not None:
+            token = shape(token)
         hashed = token_hash(token)
         await self.store.write(
             [
@@ -198,9 +221,17 @@ class Placeholders:
         self._drop(session_id)
         await self.store.write([("DELETE FROM gateway_tokens WHERE session_id = ?", [session_id])])
 
-    def session_for(self, token: str) -> tuple[str, str] | None:
+    def session_for(self, token: str) -> tuple[str, CredentialKind] | None:
         """(session id, kind) of a live placeholder, or None."""
-        return self._by_hash.get(token_hash(token))
+        found = self._by_hash.get(token_hash(token))
+        return None if found is None else (found[0], cast(CredentialKind, found[1]))
+
+    def kind_of(self, session_id: str) -> CredentialKind | None:
+        """The kind of the session's live placeholder, or None when it has none."""
+        for owner, kind in self._by_hash.values():
+            if owner == session_id:
+                return cast(CredentialKind, kind)
+        return None
 
     def _drop(self, session_id: str) -> None:
         for hashed, (owner, _) in list(self._by_hash.items()):

@@ -78,6 +78,7 @@ class Lifecycle:
     async def archive(self, record: SessionRecord, op: Steps) -> None:
         await op.step("remove_container", "Removing the container")
         await self.remove_containers(record)
+        await self.spawner.revoke_access(record.id)
         record.archived = True
         record.archived_at = utcnow()
         record.status = SessionStatus.STOPPED
@@ -127,7 +128,7 @@ class Lifecycle:
         await op.step("worktrees", "Creating worktrees")
         made += await self.ensure_worktrees(record, new_session=True)
         await op.step("home", "Preparing the agent home")
-        await self.spawner.prepare_home(record, attach=True)
+        await self.spawner.make_home(record)
         await self.launch(record, op, new_session=True)
 
     async def undo_create(self, record: SessionRecord, made: list[Repository]) -> None:
@@ -147,11 +148,12 @@ class Lifecycle:
     async def launch(self, record: SessionRecord, op: Steps, *, new_session: bool = False) -> None:
         backend = self.core.backend_for(record)
         await op.step("container", "Creating the container")
-        if not new_session:  # a new session has no container to sweep, its home is ready
+        if not new_session:  # a new session has no container to sweep
             await self.remove_containers(record)
-            await self.spawner.prepare_home(record)
+        access = await self.spawner.plan_access(record)
+        await self.spawner.prepare_home(record, access)
         # In a thread: the git mounts read and create folders in the repositories.
-        spec = await asyncio.to_thread(self.spawner.spec, record)
+        spec = await asyncio.to_thread(self.spawner.spec, record, access)
         try:
             info = await backend.create(spec)
         except ImageNotFound:
@@ -282,6 +284,7 @@ class Lifecycle:
         await op.step("remove_container", "Removing the container")
         if record.container_id or not record.archived:
             await self.remove_containers(record)
+        await self.spawner.revoke_access(record.id)
         await op.step("remove_worktrees", "Removing the worktrees (branches are kept)")
         for repo in record.repositories:
             await self.remove_worktree(repo)

@@ -226,6 +226,17 @@ def copy_into(root: Path, relative: str | PurePosixPath, source: Path, mode: int
         _rename_into_place(dir_fd, temp, name, str(relative))
 
 
+def remove_file(root: Path, relative: str | PurePosixPath) -> None:
+    """Remove ``root/relative`` if it is there and not a directory (a link itself, never
+    what it points at); a missing file or folder on the way is fine."""
+    directory, name = _split(relative)
+    try:
+        with open_dir(root, directory) as dir_fd:
+            os.unlink(name, dir_fd=dir_fd)
+    except (FileNotFoundError, IsADirectoryError):
+        pass
+
+
 def lstat(root: Path, relative: str | PurePosixPath) -> os.stat_result:
     """``lstat`` of ``root/relative`` (the last component itself, never what it points at)."""
     directory, name = _split(relative)

@@ -207,6 +207,7 @@ class SessionManager:
             status=record.status.value,
             health=self.current_health(record).value,
             agent_state=record.agent_state.value,
+            agent_state_reason=record.agent_state_reason,
             archived=record.archived,
         )
 
@@ -270,6 +271,7 @@ class SessionManager:
 
     async def create(self, request: CreateSessionRequest) -> SessionRecord:
         backend = self._backend(request.backend)
+        validate.egress_policy(self.settings, request)  # a 400 before any path is opened
         repo_requests = validate.repository_requests(request)
         name = request.name
         if name is not None:

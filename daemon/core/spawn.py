@@ -16,6 +16,8 @@ from pathlib import Path
 from backends.base import ContainerSpec, Mount
 from daemon.agents.runner import CONTAINER_HOME, AgentRunner, copy_attachments
 from daemon.core import homefs
+from daemon.core.access import AgentAccess
+from daemon.core.agent_access import AccessPlanner
 from daemon.core.git_mounts import GitWorktree, git_mounts
 from daemon.core.session import SessionRecord
 from daemon.settings import Settings
@@ -35,6 +37,10 @@ class Spawner:
     def __init__(self, settings: Settings, runners: dict[str, AgentRunner]) -> None:
         self.settings = settings
         self.runners = runners
+        # How each launch reaches its model (the gateway, a placeholder, the network); set
+        # by the app once the gateway exists. Without it (unit tests) agents get no
+        # credential and containers the configured network.
+        self.access: AccessPlanner | None = None
 
     # paths
 
@@ -65,8 +71,8 @@ class Spawner:
         subdir = record.primary.subdir
         return f"{CONTAINER_WORKSPACE}/{subdir}" if subdir else CONTAINER_WORKSPACE
 
-    async def prepare_home(self, record: SessionRecord, *, attach: bool = False) -> None:
-        """Seed the agent home; with ``attach`` (a new session only) copy the attached files.
+    async def make_home(self, record: SessionRecord) -> None:
+        """A new session's home, with the attached files.
 
         The files are read from the user's disk once, right after their paths were checked:
         one may live where a container writes (an upload in a worktree), and a later
@@ -75,17 +81,32 @@ class Spawner:
         home = self.agent_home(record.id)
         # The home is the container's $HOME: made here, then written only through homefs.
         await asyncio.to_thread(homefs.make_home, home)
+        if self.runner(record) is not None:
+            await asyncio.to_thread(copy_attachments, home, record.image_paths)
+
+    async def plan_access(self, record: SessionRecord) -> AgentAccess | None:
+        """This launch's way to the model: a new placeholder (the last one stops working),
+        the network and the gateway's address on it."""
+        return await self.access.plan(record) if self.access is not None else None
+
+    async def revoke_access(self, session_id: str) -> None:
+        """The session's placeholder stops working (archived, deleted)."""
+        if self.access is not None:
+            await self.access.revoke(session_id)
+
+    async def prepare_home(self, record: SessionRecord, access: AgentAccess | None) -> None:
+        """Seed the agent home for a launch (the agent's settings, hooks, placeholder)."""
+        home = self.agent_home(record.id)
+        await asyncio.to_thread(homefs.make_home, home)
         runner = self.runner(record)
         if runner is not None:
             await asyncio.to_thread(
-                runner.prepare_home, home, record, self.agent_working_dir(record)
+                runner.prepare_home, home, record, self.agent_working_dir(record), access
             )
-            if attach:
-                await asyncio.to_thread(copy_attachments, home, record.image_paths)
 
     # the container
 
-    def spec(self, record: SessionRecord) -> ContainerSpec:
+    def spec(self, record: SessionRecord, access: AgentAccess | None = None) -> ContainerSpec:
         """The container to create (blocking: the git mounts read and make folders)."""
         mounts: list[Mount] = []
         git_repos: list[GitWorktree] = []
@@ -107,7 +128,7 @@ class Spawner:
         if runner is not None:
             # The local backend runs the agent on the host, in the home itself.
             home = str(self.agent_home(record.id)) if record.backend == "local" else CONTAINER_HOME
-            launch = runner.launch(record, self.agent_working_dir(record), home)
+            launch = runner.launch(record, self.agent_working_dir(record), home, access)
             command = launch.command
             env.update(launch.env)
         return ContainerSpec(
@@ -122,7 +143,7 @@ class Spawner:
             cpu_limit=docker.cpu_limit or None,
             memory_limit=docker.memory_limit_mb * 1024 * 1024 or None,
             pids_limit=docker.pids_limit or None,
-            network_mode=docker.network_mode,
+            network_mode=access.network if access and access.network else docker.network_mode,
             allow_host_network=docker.allow_host_network,
             daemon_instance=str(self.settings.data_dir),
         )

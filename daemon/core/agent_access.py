@@ -1,0 +1,93 @@
+"""Each launch's way to the model: a new placeholder, the network, the gateway's address.
+
+Called every time a session's container (or local process) is made. What the session gets
+depends on its egress (``docs/decisions.md``, "Credentials"):
+
+* ``open``: the configured network (``docker.network_mode``, the default bridge), and the
+  gateway on the host's address there;
+* ``allowlist``: corral's internal network (no route off the machine), the gateway on the
+  host's address there, and corral's egress proxy beside it for the allowed hosts;
+* ``none``: the internal network and the gateway alone;
+* a local session: the gateway on 127.0.0.1 (its agent is a host process).
+
+The placeholder is made in the kind of the credential configured now, because the agent
+runs in that mode (an OAuth token and an API key make Claude Code send different
+headers); a credential of another kind later needs a recreate, which the gateway says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from backends.base import Backend
+from daemon.core.access import (
+    AgentAccess,
+    CredentialKind,
+    CredentialSource,
+    GatewayEndpoints,
+    Placeholders,
+)
+from daemon.core.session import SessionRecord
+from daemon.settings import Settings
+
+SEALED_NETWORK = "corral-sealed"  # corral's internal network: no route off the machine
+LOOPBACK = "127.0.0.1"
+
+
+class AccessPlanner:
+    """Works out, and makes ready, what one launch of a session needs to reach its model."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        placeholders: Placeholders,
+        credentials: CredentialSource,
+        endpoints: GatewayEndpoints,
+        backends: dict[str, Backend],
+    ) -> None:
+        self.settings = settings
+        self.placeholders = placeholders
+        self.credentials = credentials
+        self.endpoints = endpoints
+        self.backends = backends
+
+    async def plan(self, record: SessionRecord) -> AgentAccess:
+        credential = await self.credentials.credential(record.agent)
+        kind: CredentialKind = credential.kind if credential is not None else "api_key"
+        network, address = await self._network(record)
+        gateway = await self.endpoints.gateway_url(address)
+        placeholder = await self.placeholders.issue(record.id, kind)
+        if record.agent == "claude":
+            base_url = f"{gateway}/anthropic"
+        elif kind == "chatgpt":
+            base_url = f"{gateway}/chatgpt/codex"
+        else:
+            base_url = f"{gateway}/openai"
+        access = AgentAccess(
+            kind=kind,
+            placeholder=placeholder,
+            base_url=base_url,
+            chatgpt_url=f"{gateway}/chatgpt/" if kind == "chatgpt" else "",
+            network=network,
+            no_proxy=f"{address},localhost,127.0.0.1",
+        )
+        if credential is not None and kind == "chatgpt":
+            access = replace(access, account_id=credential.account_id, claims=credential.claims)
+        if record.egress == "allowlist" and record.backend == "docker":
+            access = replace(access, proxy_url=await self.endpoints.proxy_url(address))
+        return access
+
+    async def revoke(self, session_id: str) -> None:
+        await self.placeholders.revoke(session_id)
+
+    async def _network(self, record: SessionRecord) -> tuple[str, str]:
+        """The container's network and the host's address on it."""
+        if record.backend != "docker":
+            return "", LOOPBACK
+        backend = self.backends["docker"]
+        if record.egress == "open":
+            network = self.settings.docker.network_mode
+            if network == "host":  # the host's own network: its loopback is the gateway's
+                return network, LOOPBACK
+            return network, await backend.ensure_network(network, internal=False)
+        return SEALED_NETWORK, await backend.ensure_network(SEALED_NETWORK, internal=True)

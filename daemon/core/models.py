@@ -40,6 +40,7 @@ class AgentState(enum.StrEnum):
     WAITING_APPROVAL = "waiting_approval"
     IDLE = "idle"
     UNKNOWN = "unknown"
+    ERROR = "error"  # stopped by corral, not by the agent: ``agent_state_reason`` says why
 
 
 class Health(enum.StrEnum):
@@ -66,6 +67,9 @@ class Action(enum.StrEnum):
 
 BackendName = Literal["docker", "local"]
 AgentName = Literal["claude", "codex"]
+# How far a session's container may reach: ``none`` the model gateway only, ``allowlist``
+# the gateway and the named hosts through corral's forward proxy, ``open`` anywhere.
+EgressPolicy = Literal["none", "allowlist", "open"]
 MountName = Annotated[str, StringConstraints(pattern=MOUNT_NAME_RE)]
 SessionName = Annotated[str, StringConstraints(pattern=SESSION_NAME_RE)]
 
@@ -102,6 +106,18 @@ class SessionFields(BaseModel):
     archived: bool = False
     archived_at: datetime | None = None
     agent_state: AgentState = AgentState.UNKNOWN
+    agent_state_reason: str | None = Field(
+        None, description="Why agent_state is error, e.g. budget_exhausted; else null."
+    )
+    egress: EgressPolicy = Field(
+        "open", description="Where the container may connect besides corral's model gateway."
+    )
+    max_cost_usd: float | None = Field(
+        None, description="The session's budget in estimated US dollars; null: none."
+    )
+    max_tokens: int | None = Field(
+        None, description="The session's budget in tokens (in and out, cache included)."
+    )
     repositories: list[Repository]
     prompt: str
     no_plan_mode: bool = False
@@ -179,6 +195,9 @@ class CreateSessionRequest(ApiModel):
     no_plan_mode: bool = False
     image: str | None = Field(None, min_length=1)
     image_paths: list[str] = Field(default_factory=list, max_length=20)
+    egress: EgressPolicy | None = Field(None, description="Default: egress.default_policy.")
+    max_cost_usd: float | None = Field(None, gt=0, description="Budget in estimated USD.")
+    max_tokens: int | None = Field(None, gt=0, description="Budget in tokens.")
 
     @field_validator("prompt")
     @classmethod

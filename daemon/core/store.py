@@ -144,6 +144,36 @@ MIGRATIONS: list[str] = [
         last_used_at TEXT
     );
     """,
+    # 5: credentials: each session's egress and budgets, the placeholder credential its
+    # container holds (hashed: the gateway looks it up), and usage counted by the gateway.
+    # Sessions made before this ran with an open network, and keep it.
+    """
+    ALTER TABLE sessions ADD COLUMN agent_state_reason TEXT;
+    ALTER TABLE sessions ADD COLUMN egress TEXT NOT NULL DEFAULT 'open';
+    ALTER TABLE sessions ADD COLUMN max_cost_usd REAL;
+    ALTER TABLE sessions ADD COLUMN max_tokens INTEGER;
+    CREATE TABLE gateway_tokens (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+        token_hash TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE usage (
+        session_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (session_id, day, model)
+    );
+    CREATE INDEX usage_by_day ON usage(day);
+    """,
 ]
 
 
@@ -155,6 +185,7 @@ _SESSION_COLUMNS = [
     "id", "name", "description", "tags", "backend", "agent", "model", "status", "archived",
     "archived_at", "agent_state", "prompt", "no_plan_mode", "image", "image_paths",
     "container_id", "progress", "error_message", "created_at", "updated_at",
+    "agent_state_reason", "egress", "max_cost_usd", "max_tokens",
 ]  # fmt: skip
 _JSON_COLUMNS = {"tags", "image_paths"}
 _TIME_COLUMNS = {"archived_at", "created_at", "updated_at"}

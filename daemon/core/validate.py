@@ -22,6 +22,7 @@ from daemon.core.errors import BackendUnavailableError, Conflict, Forbidden, Inv
 from daemon.core.failures import api_error
 from daemon.core.models import (
     CreateSessionRequest,
+    EgressPolicy,
     Progress,
     Repository,
     RepositoryRequest,
@@ -215,6 +216,29 @@ class EngineCheck:
         self._seen[backend.name] = loop_time
 
 
+def egress_policy(settings: Settings, request: CreateSessionRequest) -> EgressPolicy:
+    """The session's egress: asked for, else the configured default; a 400 when it cannot
+    be kept. The local backend runs the agent on the host, which no policy confines, and a
+    container on the host's network has every route the host has."""
+    if request.backend == "local":
+        if request.egress not in (None, "open"):
+            raise InvalidRequest(
+                f"egress '{request.egress}' needs a container: the local backend runs the "
+                "agent on your host, where nothing confines its network; use egress 'open' "
+                "or the docker backend",
+                [{"field": "egress", "message": "local sessions are always open"}],
+            )
+        return "open"
+    policy = request.egress or settings.egress.default_policy
+    if policy != "open" and settings.docker.network_mode == "host":
+        raise InvalidRequest(
+            f"egress '{policy}' cannot be kept with docker.network_mode = 'host': the "
+            "container shares the host's network; use egress 'open' or a bridge network",
+            [{"field": "egress", "message": "only 'open' with host networking"}],
+        )
+    return policy
+
+
 def new_record(
     settings: Settings,
     spawner: Spawner,
@@ -235,6 +259,9 @@ def new_record(
         no_plan_mode=request.no_plan_mode,
         image=request.image or settings.docker.default_image,
         image_paths=request.image_paths,
+        egress=egress_policy(settings, request),
+        max_cost_usd=request.max_cost_usd,
+        max_tokens=request.max_tokens,
         created_at=now,
         updated_at=now,
         progress=Progress(step=0, total=4, message="Queued"),

@@ -166,6 +166,41 @@ class AgentSettings(Section):
     openai_base_url: str = Field("", description="OpenAI-compatible endpoint for Codex.")
 
 
+class ModelPrice(Section):
+    """What a model costs, in US dollars per million tokens."""
+
+    input: float = Field(0.0, ge=0, description="Per million input tokens (not cached).")
+    output: float = Field(0.0, ge=0, description="Per million output tokens.")
+    cache_read: float = Field(0.0, ge=0, description="Per million tokens read from the cache.")
+    cache_write: float = Field(0.0, ge=0, description="Per million tokens written to the cache.")
+
+
+# List prices as published when this was written: check them against the providers' price
+# pages (and override them in config) before trusting a cost shown.
+DEFAULT_PRICES = {
+    "claude-opus-4": ModelPrice(input=15.0, output=75.0, cache_read=1.5, cache_write=18.75),
+    "claude-sonnet-4": ModelPrice(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75),
+    "claude-haiku-4": ModelPrice(input=1.0, output=5.0, cache_read=0.1, cache_write=1.25),
+    "gpt-5": ModelPrice(input=1.25, output=10.0, cache_read=0.125, cache_write=0.0),
+}
+
+
+class UsageSettings(Section):
+    daily_max_cost_usd: float = Field(
+        0.0,
+        ge=0,
+        description="Estimated US dollars all sessions may spend per UTC day; 0: no limit.",
+    )
+    daily_max_tokens: int = Field(
+        0, ge=0, description="Tokens all sessions may use per UTC day; 0: no limit."
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=lambda: {k: v.model_copy() for k, v in DEFAULT_PRICES.items()},
+        description="Model name prefix -> price per million tokens; the longest matching prefix "
+        "wins; a model that matches none costs 0 and is shown as not priced.",
+    )
+
+
 class MetadataSettings(Section):
     ai_metadata: bool = Field(
         False, description="Offer regenerate-metadata: name, description and tags by a model."
@@ -311,6 +346,7 @@ class Settings(BaseSettings):
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)

@@ -63,6 +63,7 @@ from daemon.core.session import SessionRecord, utcnow
 from daemon.core.spawn import Spawner
 from daemon.core.store import Store, StoreError
 from daemon.core.tasks import TaskSupervisor
+from daemon.core.usage import Meter
 from daemon.core.validate import EngineCheck, Names
 from daemon.settings import Settings
 
@@ -135,6 +136,9 @@ class SessionManager:
         self.images = ImageBuilder(settings, backends.get("docker"), tasks)
         self.lifecycle = Lifecycle(self)
         self.chat = Chat(settings, store, consoles)
+        # Usage and budgets (daemon/core/usage.py), set by the app once loaded: the API's
+        # sessions show their spend from it.
+        self.usage: Meter | None = None
 
     # paths (daemon/core/spawn.py)
 
@@ -167,6 +171,8 @@ class SessionManager:
             branch_name=primary.branch_name,
             base_branch=primary.base_branch,
             health=self.current_health(record),
+            cost_usd=self.usage.spent(record.id)[0] if self.usage else 0.0,
+            total_tokens=self.usage.spent(record.id)[1] if self.usage else 0,
         )
 
     def query(self, *, include_archived: bool, status: SessionStatus | None) -> list[SessionRecord]:
@@ -180,11 +186,17 @@ class SessionManager:
         return found
 
     @property
-    def version(self) -> tuple[int, int, int]:
+    def version(self) -> tuple[int, int, int, int]:
         """What answers built from the sessions are cached under: it moves with every write
-        of a session to the store (a failed one too), every change of a health shown and
-        every record added or removed, so no path can forget to invalidate them."""
-        return (self.store.sessions_changed, self.health_cache.changes, len(self.records))
+        of a session to the store (a failed one too), every change of a health shown, every
+        record added or removed and every request the usage meter counts, so no path can
+        forget to invalidate them."""
+        return (
+            self.store.sessions_changed,
+            self.health_cache.changes,
+            len(self.records),
+            self.usage.changes if self.usage else 0,
+        )
 
     async def save(self, record: SessionRecord, *fields: str) -> None:
         written = (*fields, "updated_at")

@@ -139,6 +139,8 @@ class Session(SessionFields):
     branch_name: str
     base_branch: str
     health: Health
+    cost_usd: float = Field(0.0, description="Estimated spend over the session's life, USD.")
+    total_tokens: int = Field(0, description="Tokens used over the session's life.")
 
 
 class ChatEvent(ApiModel):

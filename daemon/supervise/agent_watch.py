@@ -243,6 +243,10 @@ class AgentWatcher:
             state = state_from_hook(hook) or state
         if watch.hooks.hostile is not None:
             found[watch.hooks.hostile.path] = watch.hooks.hostile.reason
+        # An error corral set (a budget reached) is not the agent's to end: it stays until
+        # corral clears its reason, whatever the hooks say meanwhile.
+        if record.agent_state_reason is not None:
+            state = None
         if state is not None and state is not record.agent_state:
             record.agent_state = state
             await self.manager.save(record, "agent_state")

@@ -164,6 +164,11 @@ class AgentSettings(Section):
         SecretStr(""), description="Passed to Codex; empty: OPENAI_API_KEY if set."
     )
     openai_base_url: str = Field("", description="OpenAI-compatible endpoint for Codex.")
+    chatgpt_base_url: str = Field(
+        "",
+        description="ChatGPT backend for Codex signed in with ChatGPT; empty: "
+        "https://chatgpt.com/backend-api.",
+    )
 
 
 class ModelPrice(Section):

@@ -2,7 +2,8 @@
 
     app      daemon.app, daemon.cli            composition: builds and starts everything
     edge     daemon.http, daemon.auth, ws,     requests and sockets in, calls on the layers
-             daemon.keys, client               below; frames and bytes out
+             daemon.keys, client,              below; frames and bytes out; the model
+             daemon.gateway                    gateway and egress proxy for containers
     supervise  daemon.supervise                tasks that watch sessions and act on them
     core     daemon.core, daemon.agents        sessions, store, hub, git, homes, console
     base     daemon (version), daemon.settings, daemon.log,
@@ -25,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("daemon.settings", "daemon.log", "daemon.resources", "backends", "daemon")),
     ("core", ("daemon.core", "daemon.agents")),
     ("supervise", ("daemon.supervise",)),
-    ("edge", ("daemon.http", "daemon.auth", "daemon.keys", "ws", "client")),
+    ("edge", ("daemon.http", "daemon.auth", "daemon.keys", "ws", "client", "daemon.gateway")),
     ("app", ("daemon.app", "daemon.cli")),
 ]
 

@@ -59,6 +59,18 @@ The transport's semantics:
 * ``recent_output`` is the tail of the TTY's own log, for rebuilding the screen after a
   daemon restart; backends that keep no log answer ``b""``.
 
+Optional capabilities, for the egress policy (issue "credentials"); a backend without them
+keeps the base class's answers:
+
+* ``ensure_network(name, internal=...)`` makes a container network if it is missing (an
+  ``internal`` one has no route off the machine) and answers the host's own address on it,
+  where the daemon listens for that network's containers (the model gateway, the egress
+  proxy). An existing network is only inspected. The base class raises
+  ``NotImplementedError``: a backend without networks cannot seal a session.
+* ``container_address(id)`` is the running container's IPv4 address, by which the gateway
+  and the proxy tell which session a connection comes from; ``None`` when it is not
+  running, unknown, or the backend has no addresses (local: its agents are host processes).
+
 Not yet in the transport, and where it goes: **the agent's files and git.** Today the
 daemon reaches both through host paths, because engine and daemon share one disk: it
 writes and reads the agent home (``<data_dir>/sessions/<id>/home``, the container's
@@ -299,3 +311,13 @@ class Backend(Engine, Transport, abc.ABC):
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[ContainerEvent]]:
         """An engine without events (``has_events`` false) is polled instead."""
         raise NotImplementedError(f"the {self.name} backend has no events stream")
+
+    async def ensure_network(self, name: str, *, internal: bool) -> str:
+        """Make the network ``name`` if it is missing (``internal``: no route off the
+        machine) and answer the host's address on it; an existing one is only inspected."""
+        raise NotImplementedError(f"the {self.name} backend has no container networks")
+
+    async def container_address(self, container_id: str) -> str | None:
+        """The running container's IPv4 address; None when not running, unknown, or the
+        backend's sessions have no address of their own."""
+        return None

@@ -36,7 +36,10 @@ from backends.docker_json import (
     container_config,
     container_event,
     container_info,
+    container_ipv4,
     listed_container_info,
+    network_config,
+    network_gateway,
 )
 from backends.labels import container_name, managed_filter
 
@@ -49,6 +52,9 @@ _NO_CONNECTION = 900
 RECENT_LINES = 5000
 # The container events the reconciler acts on (filtered by the engine, not here).
 WATCHED_EVENTS = ("start", "die", "oom", "kill", "stop", "destroy")
+# The internal network of sessions whose egress is "none" or "allowlist": no route off the
+# machine; the daemon listens on the host's address on it (model gateway, egress proxy).
+SEALED_NETWORK = "corral-sealed"
 
 
 class DockerBackend(Backend):
@@ -185,6 +191,49 @@ class DockerBackend(Backend):
             data: bytes = await response.read()
             return data[-max_bytes:]
         return b""
+
+    async def ensure_network(self, name: str, *, internal: bool, isolate: bool = True) -> str:
+        """Make the bridge network ``name`` if it is missing and answer the host's address
+        on it. ``isolate`` (only for a network made here) turns off traffic between its
+        containers. An existing network is only inspected; one asked to be ``internal``
+        that is not is refused, since a session put on it would reach everywhere."""
+        data = await self._network(name)
+        if data is None:
+            config = network_config(name, internal=internal, isolate=isolate)
+            try:
+                async with self._engine(f"create network {name}") as docker:
+                    await docker.networks.create(config)
+                log.info("network_created", network=name, internal=internal, isolate=isolate)
+            except BackendError as exc:
+                # Another daemon or call made it meanwhile: use theirs (checked below).
+                if not (isinstance(exc.details, dict) and exc.details.get("status") == 409):
+                    raise
+            data = await self._network(name)
+            if data is None:
+                raise BackendError(f"network {name} vanished right after it was made")
+        if internal and not data.get("Internal"):
+            raise BackendError(
+                f"network {name} exists but is not internal, so its containers could reach "
+                f"any host; remove it (docker network rm {name}) and corral makes it anew",
+                details={"network": name},
+            )
+        address = network_gateway(data)
+        if address is None:
+            raise BackendError(
+                f"network {name} has no IPv4 address for the host", details={"network": name}
+            )
+        return address
+
+    async def _network(self, name: str) -> dict[str, Any] | None:
+        async with self._engine(f"inspect network {name}", absent_ok=True) as docker:
+            data: dict[str, Any] = await docker._query_json(f"networks/{name}")
+            return data
+        return None
+
+    async def container_address(self, container_id: str) -> str | None:
+        async with self._engine(f"inspect container {container_id}", absent_ok=True) as docker:
+            return container_ipv4(await docker.containers.container(container_id).show())
+        return None
 
     @contextlib.asynccontextmanager
     async def events(self, instance: str) -> AsyncIterator[AsyncIterator[ContainerEvent]]:

@@ -8,6 +8,7 @@ the engine's inspect, list and event answers become :class:`ContainerInfo` and
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 
 from backends.base import (
+    LABEL_MANAGED,
     LABEL_SESSION_ID,
     ContainerEvent,
     ContainerInfo,
@@ -35,6 +37,10 @@ _EXITED_STATUS = re.compile(r"^Exited \((-?\d+)\)")
 CAP_DROP = ("ALL",)
 # The 20.10 engine takes the bare name (a ":true" suffix is its older, deprecated spelling).
 SECURITY_OPT = ("no-new-privileges",)
+# Measured on the 20.10 engine: with inter-container traffic off, a container on the network
+# still reaches the host's address on it (the gateway, the egress proxy) but not its
+# neighbours, so one session cannot talk to another's container directly.
+NO_ICC = {"com.docker.network.bridge.enable_icc": "false"}
 
 
 def check_network(spec: ContainerSpec) -> None:
@@ -181,3 +187,48 @@ def listed_container_info(data: Mapping[str, Any]) -> ContainerInfo:
         exit_code=int(exited.group(1)) if exited else None,
         labels=labels,
     )
+
+
+def network_config(name: str, *, internal: bool, isolate: bool) -> dict[str, Any]:
+    """The Engine API body for creating a bridge network of corral's."""
+    return {
+        "Name": name,
+        "Driver": "bridge",
+        # Engines before API 1.44 make a second network of the same name unless asked not to.
+        "CheckDuplicate": True,
+        "Internal": internal,
+        "Labels": {LABEL_MANAGED: "true"},
+        "Options": dict(NO_ICC) if isolate else {},
+    }
+
+
+def network_gateway(data: Mapping[str, Any]) -> str | None:
+    """The host's IPv4 address on a network, from its inspection (``GET /networks/{id}``).
+
+    The engine reports it as the IPAM gateway; where that is left empty (the default
+    ``docker0`` bridge), the bridge holds the first host address of its subnet.
+    """
+    for entry in (data.get("IPAM") or {}).get("Config") or []:
+        gateway = str(entry.get("Gateway") or "")
+        try:
+            if gateway and ipaddress.ip_address(gateway).version == 4:
+                return gateway
+            subnet = ipaddress.ip_network(str(entry.get("Subnet") or ""), strict=False)
+        except ValueError:
+            continue
+        if subnet.version == 4 and subnet.num_addresses > 2:
+            return str(next(subnet.hosts()))
+    return None
+
+
+def container_ipv4(data: Mapping[str, Any]) -> str | None:
+    """A running container's IPv4 address (its first network that gives one), from its
+    inspection; None when it is not running or has none."""
+    if not (data.get("State") or {}).get("Running"):
+        return None
+    networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
+    for network in networks.values():
+        address = str((network or {}).get("IPAddress") or "")
+        if address:
+            return address
+    return None

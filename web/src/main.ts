@@ -31,6 +31,7 @@ import {
   showError,
   statusBadge,
 } from "./ui";
+import { listCost } from "./usage";
 
 const store = new SessionStore();
 const events = new EventsClient();
@@ -242,6 +243,7 @@ function renderItem(session: Session): HTMLLIElement {
       session.repositories.map((r) => r.path.split("/").pop() ?? r.path).join(", "),
       ` · ${relativeTime(session.created_at)}`,
     ),
+    listCost(session),
     progressBar(session.progress),
   );
   const selected = current?.sessionId === session.id;
@@ -355,6 +357,7 @@ function onEvent(event: ServerEvent): void {
       if (event.status) fields.status = event.status;
       if (event.health) fields.health = event.health;
       if (event.agent_state) fields.agent_state = event.agent_state;
+      if ("agent_state_reason" in event) fields.agent_state_reason = event.agent_state_reason;
       if (typeof event.archived === "boolean") fields.archived = event.archived;
       if (event.status && event.status !== "creating" && event.status !== "deleting")
         fields.progress = null;
@@ -369,6 +372,10 @@ function onEvent(event: ServerEvent): void {
     }
     case "session_progress":
       store.patch(id, { progress: event.progress ?? null });
+      break;
+    case "usage":
+      if (event.usage && store.get(id))
+        store.patch(id, { cost_usd: event.usage.cost_usd, total_tokens: event.usage.total_tokens });
       break;
     case "session_deleted":
       store.remove(id);

@@ -29,6 +29,7 @@ import {
   showInfo,
   statusBadge,
 } from "./ui";
+import { UsagePanel } from "./usage";
 
 export type Tab = "chat" | "terminal" | "health";
 
@@ -52,6 +53,7 @@ export class SessionView {
   private readonly header: HTMLElement;
   private readonly actionBar: HTMLElement;
   private readonly metadata: MetadataEditor;
+  private readonly usagePanel: UsagePanel;
   private readonly tabButtons = new Map<Tab, HTMLButtonElement>();
   private readonly panels = new Map<Tab, HTMLElement>();
   private readonly chat = new ChatLog();
@@ -80,6 +82,8 @@ export class SessionView {
   ) {
     this.header = h("header", { class: "session-header" });
     this.metadata = new MetadataEditor(sessionId, ctx);
+    this.usagePanel = new UsagePanel(sessionId);
+    this.usagePanel.onSaved = (session) => ctx.store.upsert(session);
     this.actionBar = h("div", {
       class: "action-bar",
       role: "toolbar",
@@ -196,6 +200,7 @@ export class SessionView {
       { class: "view session-view", "aria-labelledby": "session-title" },
       this.header,
       this.metadata.element,
+      this.usagePanel.element,
       this.actionBar,
       tabList,
       [...this.panels.values()],
@@ -288,6 +293,7 @@ export class SessionView {
     }
     this.metadata.setAvailable(true);
     this.renderHeader(session);
+    this.usagePanel.setSession(session);
     const status = `${session.status}/${session.archived}/${session.health}`;
     if (status !== this.lastStatus) {
       this.lastStatus = status;
@@ -661,6 +667,10 @@ export class SessionView {
     if (event.type === "resync") {
       this.chat.clear();
       void this.loadChat();
+      return;
+    }
+    if (event.type === "usage") {
+      if (event.usage) this.usagePanel.setTotals(event.usage);
       return;
     }
     this.chat.add(event);

@@ -1,7 +1,13 @@
 /** The shapes of PROTOCOL.md as the UI uses them (the daemon's pydantic models are the truth). */
 
 export type SessionStatus = "creating" | "running" | "stopped" | "failed" | "deleting";
-export type AgentState = "working" | "waiting_input" | "waiting_approval" | "idle" | "unknown";
+export type AgentState =
+  | "working"
+  | "waiting_input"
+  | "waiting_approval"
+  | "idle"
+  | "unknown"
+  | "error";
 export type HealthState =
   | "healthy"
   | "starting"
@@ -49,6 +55,13 @@ export interface Session {
   archived: boolean;
   archived_at: string | null;
   agent_state: AgentState;
+  /** Why agent_state is error (e.g. budget_exhausted); else null. */
+  agent_state_reason?: string | null;
+  max_cost_usd?: number | null;
+  max_tokens?: number | null;
+  /** Estimated spend and tokens over the session's life (usage through the gateway). */
+  cost_usd?: number;
+  total_tokens?: number;
   repo_path: string;
   repositories: Repository[];
   worktree_path: string;
@@ -136,6 +149,8 @@ export interface ServerEvent {
   status?: SessionStatus;
   health?: HealthState;
   agent_state?: AgentState;
+  agent_state_reason?: string | null;
+  usage?: UsageTotals;
   archived?: boolean;
   message?: ChatMessage | string;
   call?: ToolCall;
@@ -168,4 +183,31 @@ export interface SystemStatus {
   credentials: Record<string, { present: boolean; source: string | null }>;
   data_dir: { path: string; writable: boolean; free_bytes: number | null };
   git: { version: string | null };
+}
+
+/** Usage counted by the model gateway (GET /api/sessions/{id}/usage, ``usage`` events). */
+export interface UsageTotals {
+  requests: number;
+  errors: number;
+  input_tokens: number;
+  output_tokens: number;
+  cache_read_tokens: number;
+  cache_write_tokens: number;
+  total_tokens: number;
+  cost_usd: number;
+  priced: boolean;
+}
+
+export interface SessionUsage {
+  session_id: string;
+  totals: UsageTotals;
+  by_model: { model: string; totals: UsageTotals }[];
+  by_day: { day: string; totals: UsageTotals }[];
+  budget: {
+    max_cost_usd: number | null;
+    max_tokens: number | null;
+    spent_cost_usd: number;
+    spent_tokens: number;
+    exhausted: string | null;
+  };
 }

@@ -155,6 +155,7 @@ const AGENT_TONE: Record<AgentState, string> = {
   waiting_approval: "warn",
   idle: "muted",
   unknown: "muted",
+  error: "bad",
 };
 
 export function label(value: string): string {

@@ -28,7 +28,7 @@ from daemon.core.hub import EventHub
 from daemon.core.manager import SessionManager
 from daemon.core.store import Store
 from daemon.core.tasks import TaskSupervisor
-from daemon.http.handlers import files, sessions, system  # noqa: F401 - they register routes
+from daemon.http.handlers import credentials, files, sessions, system  # noqa: F401 - routes
 from daemon.http.middlewares import setup_middlewares
 from daemon.http.routes import ROUTES
 from daemon.keys import (

@@ -1,5 +1,6 @@
 """The ``corral`` command: ``corral serve`` starts the daemon; ``corral attach`` joins a
-session; ``corral doctor`` checks what the daemon's main job needs, each with its fix."""
+session; ``corral doctor`` checks what the daemon's main job needs, each with its fix;
+``corral login`` gives the daemon an agent's credential."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from client import attach
+from client import attach, login
 from daemon import __version__
 from daemon.auth.service import derive_rp_id
 from daemon.core.readiness import system_status
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     attach.add_arguments(
         commands.add_parser("attach", help="connect this terminal to a session's console")
+    )
+    login.add_arguments(
+        commands.add_parser("login", help="give the daemon Claude's or Codex's credential")
     )
     doctor = commands.add_parser(
         "doctor", help="check the engine, agent image, keys, data dir and git, with fixes"
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         return doctor(args)
     if args.command == "attach":
         return attach.run(args)
+    if args.command == "login":
+        return login.run(args)
     return 2  # unreachable: argparse requires a command
 
 

@@ -11,6 +11,7 @@ from daemon.core.hub import EventHub
 from daemon.core.manager import SessionManager
 from daemon.core.store import Store
 from daemon.core.tasks import TaskSupervisor
+from daemon.credentials.service import Credentials
 from daemon.settings import Settings
 from daemon.supervise.reconcile import Reconciler
 from ws.connection import OpenSockets
@@ -26,5 +27,6 @@ LIST_CACHE = web.AppKey("list_cache", dict[tuple[object, ...], bytes])
 CONSOLES = web.AppKey("consoles", Consoles)
 SOCKETS = web.AppKey("sockets", OpenSockets)
 AUTH = web.AppKey("auth", Auth)
+CREDENTIALS = web.AppKey("credentials", Credentials)
 # Who signed a request in (set by the auth middleware when auth is on and it is valid).
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -206,6 +206,37 @@ class UsageSettings(Section):
     )
 
 
+class CredentialSettings(Section):
+    claude_oauth_token: SecretStr = Field(
+        SecretStr(""),
+        description="A Claude subscription's long-lived token (claude setup-token prints it); "
+        "used when no key is stored and agents.anthropic_api_key is empty.",
+    )
+    claude_command: str = Field(
+        "",
+        description="A command printing Claude's key or OAuth token (a password manager); "
+        "split like a shell line, run without one, 10 s at most.",
+    )
+    codex_command: str = Field(
+        "", description="A command printing Codex's API key or a ChatGPT auth.json."
+    )
+    command_cache_seconds: float = Field(
+        300.0, ge=0, description="How long a command's answer is used before it runs again."
+    )
+    codex_auth_file: str = Field(
+        "~/.codex/auth.json",
+        description="Codex's sign-in file: its ChatGPT tokens (refreshed and written back) "
+        "or its OPENAI_API_KEY; empty: not read.",
+    )
+    openai_token_url: str = Field(
+        "https://auth.openai.com/oauth/token",
+        description="Where a ChatGPT sign-in's access token is refreshed.",
+    )
+    check_timeout_seconds: float = Field(
+        10.0, gt=0, description="Seconds a credential check may take before it is unreachable."
+    )
+
+
 class MetadataSettings(Section):
     ai_metadata: bool = Field(
         False, description="Offer regenerate-metadata: name, description and tags by a model."
@@ -350,6 +381,7 @@ class Settings(BaseSettings):
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
+    credentials: CredentialSettings = Field(default_factory=CredentialSettings)
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)

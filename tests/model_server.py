@@ -11,6 +11,9 @@ so no test needs the host's network namespace (which corral refuses by default).
   the CLI) gets a rough count.
 * OpenAI Responses API for Codex: ``POST /v1/responses``, always SSE.
 
+* ``GET /v1/models``, the cheap call corral's credential check makes (Anthropic and
+  OpenAI alike): 200 for any key or bearer token except :data:`BAD_KEY`, which gets 401.
+
 Everything else (Claude Code's ``HEAD /`` connectivity check included) gets 404.
 
 A test queues *steps*; each conversation request takes the next one::
@@ -522,6 +525,8 @@ def codex_sse(items: list[Json], model: str, ids: _Ids, input_tokens: int) -> li
 
 # --- agent configuration ---------------------------------------------------------------
 
+# The one key GET /v1/models refuses (401): a credential check says "invalid".
+BAD_KEY = "sk-bad-0123456789abcdefghijklmn"
 FAKE_API_KEY = "test-key-0123456789abcdefghij"  # fake; its last 20 characters are what
 # Claude Code's ~/.claude.json ``customApiKeyResponses.approved`` lists for the TUI.
 
@@ -690,6 +695,7 @@ class ModelServer:
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_post("/v1/responses", self._codex)
+        app.router.add_get("/v1/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 
@@ -761,6 +767,17 @@ class ModelServer:
             await step.wait_released()
         self.unscripted += 1
         return Text(self.default_text)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record(request, "other")
+        keys = {request.headers.get("x-api-key", "")}
+        keys.add(request.headers.get("authorization", "").removeprefix("Bearer "))
+        if BAD_KEY in keys:
+            return web.json_response(
+                {"type": "error", "error": {"type": "authentication_error", "message": "bad"}},
+                status=401,
+            )
+        return web.json_response({"object": "list", "data": [{"id": "scripted-model"}]})
 
     async def _not_found(self, request: web.Request) -> web.Response:
         await self._record(request, "other")

@@ -5,7 +5,8 @@
              daemon.keys, client,              below; frames and bytes out; the model
              daemon.gateway                    gateway and egress proxy for containers
     supervise  daemon.supervise                tasks that watch sessions and act on them
-    core     daemon.core, daemon.agents        sessions, store, hub, git, homes, console
+    core     daemon.core, daemon.agents,       sessions, store, hub, git, homes, console,
+             daemon.credentials                credentials
     base     daemon (version), daemon.settings, daemon.log,
              daemon.resources, backends
 
@@ -24,7 +25,7 @@ PACKAGES = ("daemon", "backends", "ws", "client")
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("daemon.settings", "daemon.log", "daemon.resources", "backends", "daemon")),
-    ("core", ("daemon.core", "daemon.agents")),
+    ("core", ("daemon.core", "daemon.agents", "daemon.credentials")),
     ("supervise", ("daemon.supervise",)),
     ("edge", ("daemon.http", "daemon.auth", "daemon.keys", "ws", "client", "daemon.gateway")),
     ("app", ("daemon.app", "daemon.cli")),

@@ -4,8 +4,9 @@ Used by ``GET /api/system`` (with the running daemon's image builder) and by
 ``corral doctor`` (no daemon: the image is only looked at). Every check runs off the loop
 or as a subprocess: the engine through its backend, git through ``daemon/core/git.py``, the
 data dir and the disk in a thread. Credentials are warnings, never part of ``ready``: an
-agent may still be useful, and where its key comes from is the credentials issue's job.
-Keys are never read out: only whether one is set, and where.
+agent may still be useful. Credentials come from ``daemon/credentials`` (the running
+daemon's service, with its last checks; doctor makes one of its own): their kind, source and
+last check's status, never the secret.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import BackendError, BackendInfo, Engine
-from daemon.agents.claude import ClaudeRunner
-from daemon.agents.codex import CodexRunner
-from daemon.agents.runner import KeyedRunner
 from daemon.core import git
 from daemon.core.image_build import ImageBuilder, build_command
 from daemon.core.system_models import (
@@ -34,6 +32,8 @@ from daemon.core.system_models import (
     ImageStatus,
     SystemStatus,
 )
+from daemon.credentials.models import CredentialEntry
+from daemon.credentials.service import Credentials as CredentialService
 from daemon.resources import agent_recipe
 from daemon.settings import Settings
 
@@ -68,12 +68,10 @@ def _probe_dir(path: Path) -> _Dir:
     return _Dir(writable=error is None, free_bytes=free, probed=probed, error=error)
 
 
-def _credential(runner: KeyedRunner) -> Credential:
-    if runner.configured_key().get_secret_value():
-        return Credential(present=True, source="config")
-    if runner.environ.get(runner.key_env):
-        return Credential(present=True, source="environment")
-    return Credential(present=False, source=None)
+def _credential(entry: CredentialEntry) -> Credential:
+    return Credential(
+        present=entry.kind is not None, source=entry.source, kind=entry.kind, status=entry.status
+    )
 
 
 def _engine_check(settings: Settings, info: BackendInfo) -> Check:
@@ -115,23 +113,32 @@ def _image_check(image: ImageStatus, reachable: bool, fix: str) -> Check:
     return Check(name="image", ok=False, summary=f"agent image {name} is missing{failed}", fix=fix)
 
 
-def _credential_check(agent: str, runner: KeyedRunner, found: Credential) -> Check:
-    setting = "agents.anthropic_api_key" if agent == "claude" else "agents.openai_api_key"
-    if found.present:
-        summary = f"{agent}: an API key is set ({found.source})"
-        return Check(name=f"credentials_{agent}", ok=True, summary=summary, fix=None)
-    return Check(
-        name=f"credentials_{agent}",
-        ok=False,
-        summary=f"{agent}: no API key in the config or the environment",
-        fix=f"set {setting} in config.toml, or export {runner.key_env} before starting corral",
+def _credential_check(entry: CredentialEntry) -> Check:
+    name = f"credentials_{entry.agent}"
+    if entry.kind is None:
+        return Check(
+            name=name, ok=False, summary=f"{entry.agent}: no credential", fix=entry.message
+        )
+    found = f"{entry.agent}: {entry.kind} from {entry.source} ({entry.masked})"
+    if entry.status in ("ok", "unchecked"):
+        checked = "works" if entry.status == "ok" else "not checked yet"
+        return Check(name=name, ok=True, summary=f"{found}, {checked}", fix=None)
+    fix = (
+        f"replace it: corral login {entry.agent}, or the Credentials panel"
+        if entry.status == "invalid"
+        else "check the network and agents.*_base_url, then Check again"
     )
+    return Check(name=name, ok=False, summary=f"{found}: {entry.message}", fix=fix)
 
 
 async def system_status(
-    settings: Settings, engine: Engine | None, builder: ImageBuilder | None = None
+    settings: Settings,
+    engine: Engine | None,
+    builder: ImageBuilder | None = None,
+    credentials: CredentialService | None = None,
 ) -> SystemStatus:
-    """Every check, at once; ``builder`` is the running daemon's (None for doctor)."""
+    """Every check, at once; ``builder`` and ``credentials`` are the running daemon's (None
+    for doctor)."""
     data_dir = settings.data_dir
     probe = asyncio.create_task(asyncio.to_thread(_probe_dir, data_dir))
     git_version = asyncio.create_task(_git_version())
@@ -154,11 +161,13 @@ async def system_status(
     )
     fix = builder.fix() if builder is not None else build_command(image_name, agent_recipe())
 
-    runners: dict[str, KeyedRunner] = {
-        "claude": ClaudeRunner(settings),
-        "codex": CodexRunner(settings),
-    }
-    found = {agent: _credential(runner) for agent, runner in runners.items()}
+    service = credentials if credentials is not None else CredentialService(settings)
+    try:
+        entries = {entry.agent: entry for entry in await service.listing()}
+    finally:
+        if credentials is None:
+            await service.close()
+    found = {agent: _credential(entry) for agent, entry in entries.items()}
 
     dir_ = await probe
     version = await git_version
@@ -167,7 +176,7 @@ async def system_status(
     checks = [
         _engine_check(settings, info),
         _image_check(image, info.available, fix),
-        *(_credential_check(a, runners[a], found[a]) for a in ("claude", "codex")),
+        *(_credential_check(entries[a]) for a in ("claude", "codex")),
         Check(
             name="data_dir",
             ok=dir_.writable,

@@ -47,7 +47,12 @@ class ImageStatus(ApiModel):
 class Credential(ApiModel):
     present: bool
     source: str | None = Field(
-        description='"config" or "environment" (where the key was found); never the key.'
+        description='Where it was found ("stored", "config:agents.anthropic_api_key", '
+        '"env:ANTHROPIC_API_KEY", ...; as in GET /api/credentials); never the secret.'
+    )
+    kind: str | None = Field(None, description="api_key, oauth_token or chatgpt.")
+    status: str | None = Field(
+        None, description="The last check's: ok, invalid, unreachable, missing or unchecked."
     )
 
 

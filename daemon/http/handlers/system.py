@@ -10,7 +10,7 @@ from daemon.core.readiness import system_status
 from daemon.core.system_models import SystemStatus
 from daemon.http.openapi import openapi_document
 from daemon.http.routes import ROUTES, dump
-from daemon.keys import BACKENDS, MANAGER, RECONCILER, SETTINGS
+from daemon.keys import BACKENDS, CREDENTIALS, MANAGER, RECONCILER, SETTINGS
 
 
 @ROUTES.route(
@@ -61,7 +61,7 @@ async def health_summary(request: web.Request) -> web.Response:
     tags=("system",),
     description="The Docker engine and its version, the default agent image (present, or "
     "being built with its progress, or why its last build failed), an API key per agent "
-    '(only whether one is set and its source, "config" or "environment"), the data dir '
+    "(its kind, source and last check, as in GET /api/credentials; never the secret), the data dir "
     "(writable, free disk) and git. Each check that is not ok carries a one-line fix. "
     "``ready`` needs every check but the credentials, which are warnings. "
     "``corral doctor`` prints the same checks without a daemon.",
@@ -70,7 +70,10 @@ async def system(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     return dump(
         await system_status(
-            request.app[SETTINGS], request.app[BACKENDS].get("docker"), manager.images
+            request.app[SETTINGS],
+            request.app[BACKENDS].get("docker"),
+            manager.images,
+            request.app.get(CREDENTIALS),
         )
     )
 

@@ -16,6 +16,7 @@ import secrets
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +157,19 @@ async def echo_server() -> AsyncIterator[int]:
     await server.wait_closed()
 
 
+@dataclass
+class HttpServer:
+    port: int
+    seen: list[tuple[str, str]]  # (method, path and query) of each request
+
+
 @pytest.fixture
-async def http_server() -> AsyncIterator[int]:
+async def http_server() -> AsyncIterator[HttpServer]:
     """An HTTP server on 127.0.0.1 that answers with the request it saw, as JSON."""
+    server = HttpServer(0, [])
 
     async def seen(request: web.Request) -> web.Response:
+        server.seen.append((request.method, request.path_qs))
         return web.json_response(
             {"path": request.path_qs, "headers": {k.lower(): v for k, v in request.headers.items()}}
         )
@@ -171,7 +180,8 @@ async def http_server() -> AsyncIterator[int]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    yield int(runner.addresses[0][1])
+    server.port = int(runner.addresses[0][1])
+    yield server
     await runner.cleanup()
 
 
@@ -251,7 +261,10 @@ async def test_an_unlisted_host_is_refused_with_how_to_allow_it(
 ) -> None:
     _, port = await proxy_at([f"localhost:{echo_server}"], client_of())
     answer, body = await ask(port, f"CONNECT 127.0.0.1:{echo_server} HTTP/1.1\r\n\r\n".encode())
-    assert answer.startswith(b"HTTP/1.1 403 Forbidden")
+    assert answer.startswith(
+        f"HTTP/1.1 403 Forbidden by corral: 127.0.0.1:{echo_server} is not in "
+        "egress.allowed_hosts\r\n".encode()
+    )
     text = body.decode()
     assert f"127.0.0.1:{echo_server}" in text
     assert "egress.allowed_hosts" in text
@@ -287,13 +300,13 @@ async def test_an_unknown_peer_is_refused(proxy_at: ProxyFactory, echo_server: i
 
 
 async def test_absolute_form_get_is_forwarded_in_origin_form(
-    proxy_at: ProxyFactory, http_server: int
+    proxy_at: ProxyFactory, http_server: HttpServer
 ) -> None:
-    _, port = await proxy_at([f"localhost:{http_server}"], client_of())
+    _, port = await proxy_at([f"localhost:{http_server.port}"], client_of())
     answer, body = await ask(
         port,
-        f"GET http://localhost:{http_server}/simple/pkg/?v=1 HTTP/1.1\r\n"
-        f"Host: localhost:{http_server}\r\nProxy-Connection: keep-alive\r\n"
+        f"GET http://localhost:{http_server.port}/simple/pkg/?v=1 HTTP/1.1\r\n"
+        f"Host: localhost:{http_server.port}\r\nProxy-Connection: keep-alive\r\n"
         "Proxy-Authorization: Basic c2VjcmV0\r\nUser-Agent: pip\r\n\r\n".encode(),
     )
     assert answer.startswith(b"HTTP/1.1 200")
@@ -306,12 +319,12 @@ async def test_absolute_form_get_is_forwarded_in_origin_form(
 
 
 async def test_a_post_body_sent_with_the_head_reaches_the_host(
-    proxy_at: ProxyFactory, http_server: int
+    proxy_at: ProxyFactory, http_server: HttpServer
 ) -> None:
-    _, port = await proxy_at([f"localhost:{http_server}"], client_of())
+    _, port = await proxy_at([f"localhost:{http_server.port}"], client_of())
     answer, body = await ask(
         port,
-        f"POST http://localhost:{http_server}/upload HTTP/1.1\r\nHost: localhost\r\n"
+        f"POST http://localhost:{http_server.port}/upload HTTP/1.1\r\nHost: localhost\r\n"
         "Content-Length: 5\r\n\r\nhello".encode(),
     )
     assert answer.startswith(b"HTTP/1.1 200")
@@ -424,15 +437,24 @@ s.on('connect', () => { console.log('CONNECTED'); process.exit(0); });
 NODE_LISTEN = "require('net').createServer(c => c.end('hi')).listen(8080)"
 
 
-async def in_container(container: str, script: str, *args: str) -> str:
+async def run_in(
+    container: str, *command: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    options = [f"--env={key}={value}" for key, value in (env or {}).items()]
     process = await asyncio.create_subprocess_exec(
-        "docker", "exec", container, "node", "-e", script, *args,
+        "docker", "exec", *options, container, *command,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(30):
         out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    return out.decode()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def in_container(container: str, script: str, *args: str) -> str:
+    code, out, err = await run_in(container, "node", "-e", script, *args)
+    assert code == 0, err
+    return out
 
 
 @pytest.fixture
@@ -479,7 +501,11 @@ async def test_ensure_network_makes_an_internal_network_and_answers_its_gateway(
 
 @pytest.mark.docker
 async def test_a_sealed_container_reaches_only_the_proxy_and_listed_hosts(
-    sealed_net: tuple[DockerBackend, str], agent_image: str, tmp_path: Path, echo_server: int
+    sealed_net: tuple[DockerBackend, str],
+    agent_image: str,
+    tmp_path: Path,
+    echo_server: int,
+    http_server: HttpServer,
 ) -> None:
     backend, name = sealed_net
     gateway = await backend.ensure_network(name, internal=True)
@@ -501,7 +527,8 @@ async def test_a_sealed_container_reaches_only_the_proxy_and_listed_hosts(
     assert await backend.container_address("no-such-container") is None
 
     guard = FakeGuard({address: client_of()})
-    proxy = EgressProxy(make_settings(tmp_path, [f"localhost:{echo_server}"]), guard)
+    listed = [f"localhost:{echo_server}", f"localhost:{http_server.port}"]
+    proxy = EgressProxy(make_settings(tmp_path, listed), guard)
     try:
         url = await proxy.proxy_url(gateway)
         port = url.rsplit(":", 1)[1]
@@ -517,6 +544,16 @@ async def test_a_sealed_container_reaches_only_the_proxy_and_listed_hosts(
         )
         assert out.startswith("HTTP/1.1 403"), out
         assert "egress.allowed_hosts" in out, out
+        # A client that honours http_proxy and https_proxy (git, through libcurl).
+        proxied = {"http_proxy": url, "https_proxy": url}
+        repo = f"localhost:{http_server.port}/repo.git"
+        code, _, err = await run_in(sealed, "git", "ls-remote", f"http://{repo}", env=proxied)
+        assert code == 0, err
+        assert ("GET", "/repo.git/info/refs?service=git-upload-pack") in http_server.seen
+        unlisted = f"https://127.0.0.1:{http_server.port}/repo.git"
+        code, _, err = await run_in(sealed, "git", "ls-remote", unlisted, env=proxied)
+        assert code != 0
+        assert "403" in err, err
         assert set(guard.asked) == {address}
         # The neighbour on the default bridge listens (the host reaches it) ...
         for _ in range(50):

@@ -187,7 +187,12 @@ def matching_rule(rules: Sequence[HostRule], host: str, port: int) -> HostRule |
 
 
 class _Reply(Exception):
-    """An answer the proxy gives instead of a tunnel, and closes."""
+    """An answer the proxy gives instead of a tunnel, and closes.
+
+    A refusal's reason phrase says why too: for a refused ``CONNECT`` several clients show
+    the status line only (pip: "Tunnel connection failed: 403 <reason>"; git and curl: the
+    code alone), never the body.
+    """
 
     def __init__(self, status: int, reason: str, text: str) -> None:
         super().__init__(f"{status} {reason}")
@@ -512,14 +517,18 @@ class EgressProxy:
                     f'give the session egress "allowlist" and add "{request.host}" to '
                     'egress.allowed_hosts in corral\'s config, or egress "open"'
                 )
-            raise _Reply(403, "Forbidden", f"corral refused {target}: {why}.\n")
+            raise _Reply(
+                403,
+                f"Forbidden by corral: session egress is {client.egress}",
+                f"corral refused {target}: {why}.\n",
+            )
         rule = matching_rule(self._current_rules(), request.host, request.port)
         if rule is None:
             self._decided(client, peer, request, allowed=False, reason="not_listed")
             entry = request.host if request.port in DEFAULT_PORTS else target
             raise _Reply(
                 403,
-                "Forbidden",
+                f"Forbidden by corral: {target} is not in egress.allowed_hosts",
                 f"corral refused {target}: it is not in egress.allowed_hosts (this session's "
                 f'egress is "allowlist").\nTo allow it, add "{entry}" to egress.allowed_hosts '
                 'in corral\'s config, or give the session egress "open".\n',

@@ -557,3 +557,21 @@ async def test_corral_login_claude_and_codex_against_a_running_daemon(
     assert done.returncode == 1, done.stdout  # stored, but the provider refused it
     assert "invalid" in done.stdout
     assert "codex login" in done.stdout
+
+
+async def test_metadata_model_call_takes_claudes_credential_from_the_service(
+    tmp_path: Path, model_server: ModelServer
+) -> None:
+    from daemon.supervise import metadata
+
+    settings = make_settings(tmp_path, agents={"anthropic_base_url": model_server.url})
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    oauth = Credentials(settings, {"CLAUDE_CODE_OAUTH_TOKEN": OAUTH})
+    await metadata.call_model(settings, body, {}, oauth)
+    sent = model_server.log[-1].headers
+    assert sent["Authorization"] == f"Bearer {OAUTH}"
+    assert "oauth-2025-04-20" in sent["anthropic-beta"]
+    assert "x-api-key" not in sent
+    keyed = Credentials(settings, {"ANTHROPIC_API_KEY": API_KEY})
+    await metadata.call_model(settings, body, {}, keyed)
+    assert model_server.log[-1].headers["x-api-key"] == API_KEY

@@ -29,6 +29,8 @@ from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.models import MetadataUpdate, slug
 from daemon.core.session import SessionRecord
 from daemon.core.store import Store
+from daemon.credentials.check import anthropic_headers
+from daemon.credentials.service import Credentials
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -194,14 +196,29 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     return bytes(data)
 
 
+async def _auth_headers(
+    settings: Settings, key: str, credentials: Credentials | None
+) -> dict[str, str]:
+    """``metadata.api_key`` when set; else Claude's credential from the credential service
+    (an API key as ``x-api-key``, a subscription's OAuth token as a bearer with its beta);
+    else, without a service, the key :func:`endpoint` found."""
+    if not settings.metadata.api_key.get_secret_value() and credentials is not None:
+        credential = await credentials.credential("claude")
+        return anthropic_headers(credential) if credential is not None else {}
+    return {"x-api-key": key} if key else {}  # a local compatible server may need none
+
+
 async def call_model(
-    settings: Settings, body: dict[str, Any], environ: Mapping[str, str] | None = None
+    settings: Settings,
+    body: dict[str, Any],
+    environ: Mapping[str, str] | None = None,
+    credentials: Credentials | None = None,
 ) -> dict[str, Any]:
     """POST the request and return the answer's JSON; every failure is :class:`ModelFailed`."""
     url, key = endpoint(settings, environ)
     headers = {"anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"}
-    if key:  # a local compatible server may need none
-        headers["x-api-key"] = key
+    auth = await _auth_headers(settings, key, credentials)
+    headers.update(auth)
     seconds = settings.metadata.timeout_seconds
     try:
         async with (
@@ -218,7 +235,7 @@ async def call_model(
         # The message names the host and the socket error, never the request's headers.
         raise ModelFailed(f"the metadata model could not be reached: {exc}", "unreachable") from exc
     if not 200 <= status < 300:
-        hint = "; is metadata.api_key set?" if status in (401, 403) and not key else ""
+        hint = "; is metadata.api_key set?" if status in (401, 403) and not auth else ""
         raise ModelFailed(
             f"the metadata model answered {status}: {_provider_message(raw)}{hint}",
             "http_status",
@@ -333,6 +350,7 @@ async def regenerate(
     store: Store,
     session_id: str,
     environ: Mapping[str, str] | None = None,
+    credentials: Credentials | None = None,
 ) -> SessionRecord:
     """Ask the model for the session's metadata and apply it as ``PATCH /metadata`` does.
 
@@ -346,7 +364,7 @@ async def regenerate(
     events = await store.events_tail(record.id, MAX_EVENTS, CHAT_EVENT_TYPES)
     body = request_body(settings, record, events)
     try:
-        answer = await call_model(settings, body, environ)
+        answer = await call_model(settings, body, environ, credentials)
         generated = parse_metadata(answer_text(answer))
     except ModelFailed as exc:
         log.warning(

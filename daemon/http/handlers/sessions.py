@@ -21,7 +21,7 @@ from daemon.core.models import (
     SessionStatus,
 )
 from daemon.http.routes import ROUTES, dump, read_body, read_query
-from daemon.keys import HUB, LIST_CACHE, MANAGER, STORE
+from daemon.keys import CREDENTIALS, HUB, LIST_CACHE, MANAGER, STORE
 from daemon.supervise import metadata
 
 SESSION = "/api/sessions/{session_id}"
@@ -170,7 +170,9 @@ ROUTES.route(
 async def regenerate_metadata(request: web.Request) -> web.Response:
     manager = _manager(request)
     session_id = request.match_info["session_id"]
-    record = await metadata.regenerate(manager, request.app[STORE], session_id)
+    record = await metadata.regenerate(
+        manager, request.app[STORE], session_id, credentials=request.app.get(CREDENTIALS)
+    )
     return dump(SessionEnvelope(session=manager.to_api(record)))
 
 

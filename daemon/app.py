@@ -23,17 +23,32 @@ from backends.base import Backend
 from backends.docker import DockerBackend
 from backends.local import LocalBackend
 from daemon.auth.setup import setup_auth
+from daemon.core.access import Placeholders
+from daemon.core.agent_access import AccessPlanner
 from daemon.core.console import Consoles
+from daemon.core.gatekeeper import Gatekeeper
 from daemon.core.hub import EventHub
 from daemon.core.manager import SessionManager
 from daemon.core.store import Store
-from daemon.core.tasks import TaskSupervisor
-from daemon.http.handlers import credentials, files, sessions, system  # noqa: F401 - routes
+from daemon.core.tasks import SUPERVISE, TaskSupervisor
+from daemon.core.usage import Meter
+from daemon.credentials.service import Credentials
+from daemon.gateway.egress import EgressProxy
+from daemon.gateway.server import ModelGateway
+from daemon.http.handlers import (  # noqa: F401 - they register routes
+    credentials,
+    files,
+    sessions,
+    system,
+    usage,
+)
 from daemon.http.middlewares import setup_middlewares
 from daemon.http.routes import ROUTES
 from daemon.keys import (
     BACKENDS,
     CONSOLES,
+    CREDENTIALS,
+    GATEWAY,
     HUB,
     LIST_CACHE,
     MANAGER,
@@ -130,6 +145,61 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     await consoles.close()
 
 
+class _Endpoints:
+    """The gateway and the egress proxy as one ``GatewayEndpoints`` for the planner."""
+
+    def __init__(self, gateway: ModelGateway, proxy: EgressProxy) -> None:
+        self.gateway = gateway
+        self.proxy = proxy
+
+    async def gateway_url(self, address: str) -> str:
+        return await self.gateway.gateway_url(address)
+
+    async def proxy_url(self, address: str) -> str:
+        return await self.proxy.proxy_url(address)
+
+
+@contextlib.asynccontextmanager
+async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Credentials, usage and the model gateway: how agents reach their model without a key.
+
+    The meter counts what each session spends and keeps budgets; the placeholders (made per
+    launch, kept hashed) and the gatekeeper say which session a request is from; the
+    gateway and the egress proxy listen on 127.0.0.1 now and on each container network's
+    host address when a session there first needs it (and, after a restart, as soon as the
+    engine answers, for the containers still running)."""
+    settings, manager, store = app[SETTINGS], app[MANAGER], app[STORE]
+    backends: dict[str, Backend] = app[BACKENDS]
+    if CREDENTIALS not in app:
+        app[CREDENTIALS] = Credentials(settings)
+    source = app[CREDENTIALS]
+    meter = Meter(store, app[HUB], manager, settings)
+    await meter.load()
+    manager.usage = meter
+    placeholders = Placeholders(store)
+    await placeholders.load()
+    guard = Gatekeeper(
+        placeholders,
+        manager.records,
+        backends,
+        host_network=settings.docker.network_mode == "host",
+    )
+    gateway = ModelGateway(settings, guard, source, meter)
+    await gateway.start()
+    proxy = EgressProxy(settings, guard)
+    await proxy.start()
+    planner = AccessPlanner(settings, placeholders, source, _Endpoints(gateway, proxy), backends)
+    manager.spawner.access = planner
+    app[GATEWAY] = gateway
+    app[TASKS].spawn(planner.restore(manager.records.values()), "gateway-restore", group=SUPERVISE)
+    try:
+        yield
+    finally:
+        await proxy.close()
+        await gateway.close()
+        await source.close()
+
+
 @contextlib.asynccontextmanager
 async def _supervise_ctx(app: web.Application) -> AsyncIterator[None]:
     store, hub, tasks = app[STORE], app[HUB], app[TASKS]
@@ -155,7 +225,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     store would then keep the process from ever exiting.
     """
     async with contextlib.AsyncExitStack() as stack:
-        for part in (_store_ctx, _backends_ctx, _sessions_ctx, _supervise_ctx):
+        for part in (_store_ctx, _backends_ctx, _sessions_ctx, _gateway_ctx, _supervise_ctx):
             await stack.enter_async_context(part(app))
         yield
 

@@ -12,6 +12,7 @@ from daemon.core.manager import SessionManager
 from daemon.core.store import Store
 from daemon.core.tasks import TaskSupervisor
 from daemon.credentials.service import Credentials
+from daemon.gateway.server import ModelGateway
 from daemon.settings import Settings
 from daemon.supervise.reconcile import Reconciler
 from ws.connection import OpenSockets
@@ -28,5 +29,6 @@ CONSOLES = web.AppKey("consoles", Consoles)
 SOCKETS = web.AppKey("sockets", OpenSockets)
 AUTH = web.AppKey("auth", Auth)
 CREDENTIALS = web.AppKey("credentials", Credentials)
+GATEWAY = web.AppKey("gateway", ModelGateway)
 # Who signed a request in (set by the auth middleware when auth is on and it is valid).
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -17,9 +17,14 @@ headers); a credential of another kind later needs a recreate, which the gateway
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from dataclasses import replace
 
-from backends.base import Backend
+import structlog
+
+from backends.base import Backend, BackendError, BackendUnavailable
+from backends.docker import SEALED_NETWORK
 from daemon.core.access import (
     AgentAccess,
     CredentialKind,
@@ -27,11 +32,13 @@ from daemon.core.access import (
     GatewayEndpoints,
     Placeholders,
 )
+from daemon.core.models import SessionStatus
 from daemon.core.session import SessionRecord
 from daemon.settings import Settings
 
-SEALED_NETWORK = "corral-sealed"  # corral's internal network: no route off the machine
 LOOPBACK = "127.0.0.1"
+
+log = structlog.get_logger(__name__)
 
 
 class AccessPlanner:
@@ -77,6 +84,30 @@ class AccessPlanner:
             access = replace(access, proxy_url=await self.endpoints.proxy_url(address))
         return access
 
+    async def restore(self, records: Iterable[SessionRecord]) -> None:
+        """After a restart: listen again where the running containers were told the gateway
+        (and the proxy) are. Their networks' addresses come from the engine, so this waits
+        for it, trying again with back-off while it does not answer."""
+        running = [
+            r
+            for r in records
+            if r.backend == "docker" and r.container_id and not r.archived
+            and r.status is SessionStatus.RUNNING
+        ]  # fmt: skip
+        delay = 1.0
+        while running:
+            try:
+                for record in list(running):
+                    _, address = await self._network(record)
+                    await self.endpoints.gateway_url(address)
+                    if record.egress == "allowlist":
+                        await self.endpoints.proxy_url(address)
+                    running.remove(record)
+            except (BackendError, BackendUnavailable, OSError) as exc:
+                log.info("gateway_restore_waiting", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     async def revoke(self, session_id: str) -> None:
         await self.placeholders.revoke(session_id)
 
@@ -87,7 +118,10 @@ class AccessPlanner:
         backend = self.backends["docker"]
         if record.egress == "open":
             network = self.settings.docker.network_mode
-            if network == "host":  # the host's own network: its loopback is the gateway's
+            # The host's own network: its loopback is the gateway's. No network at all:
+            # nothing to reach, the agent is told the loopback and fails to connect.
+            if network in ("host", "none"):
                 return network, LOOPBACK
             return network, await backend.ensure_network(network, internal=False)
+        # corral's internal network: no route off the machine, no traffic between sessions.
         return SEALED_NETWORK, await backend.ensure_network(SEALED_NETWORK, internal=True)

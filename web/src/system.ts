@@ -11,6 +11,7 @@
  */
 
 import { ApiError, api } from "./api";
+import { credentialsPanel } from "./credentials";
 import { h, replace, uid } from "./dom";
 import type { SystemCheck, SystemStatus } from "./types";
 
@@ -335,6 +336,7 @@ export class SystemUi {
       "div",
       { class: "view system-view" },
       checklist.element,
+      credentialsPanel(() => this.refresh()),
       h("h3", null, "Details"),
       facts,
       again,

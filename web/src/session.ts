@@ -246,6 +246,7 @@ export class SessionView {
   dispose(): void {
     this.disposed = true;
     this.metadata.dispose();
+    this.usagePanel.dispose();
     for (const stop of this.unsubscribers) stop();
     this.ctx.events.unsubscribeSession(this.sessionId);
     this.terminal?.dispose();

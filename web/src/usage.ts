@@ -61,6 +61,8 @@ export class UsagePanel {
   private session: Session | null = null;
   private saving = false;
   private formDirty = false;
+  private wasExhausted = false;
+  private reloadTimer: number | undefined;
 
   constructor(private readonly sessionId: string) {
     this.summary = h("span", { class: "usage-summary" });
@@ -120,6 +122,10 @@ export class UsagePanel {
   /** The session's record changed (budget fields, agent state). */
   setSession(session: Session): void {
     this.session = session;
+    const exhausted = isBudgetExhausted(session);
+    // The refusal's words (which budget, how much) come with the usage answer.
+    if (exhausted && !this.wasExhausted) void this.load();
+    this.wasExhausted = exhausted;
     if (!this.formDirty) {
       this.costInput.value = session.max_cost_usd != null ? String(session.max_cost_usd) : "";
       this.tokensInput.value = session.max_tokens != null ? String(session.max_tokens) : "";
@@ -131,6 +137,13 @@ export class UsagePanel {
   setTotals(totals: UsageTotals): void {
     this.totals = totals;
     this.render();
+    // The per-model lines and the budget block follow, once a burst of requests settles.
+    window.clearTimeout(this.reloadTimer);
+    this.reloadTimer = window.setTimeout(() => void this.load(), 500);
+  }
+
+  dispose(): void {
+    window.clearTimeout(this.reloadTimer);
   }
 
   async load(): Promise<void> {
@@ -181,6 +194,13 @@ export class UsagePanel {
     const session = this.session;
     const maxCost = session?.max_cost_usd ?? null;
     const maxTokens = session?.max_tokens ?? null;
+    if (!totals || totals.requests === 0) {
+      const limits = [
+        maxCost != null ? usd(maxCost) : "",
+        maxTokens != null ? `${formatNumber(maxTokens)} tokens` : "",
+      ].filter(Boolean);
+      this.summary.textContent = `nothing yet${limits.length ? ` (budget ${limits.join(", ")})` : ""}`;
+    }
     if (totals) {
       const parts = [
         `${usd(totals.cost_usd)}${totals.priced ? "" : " + unpriced"}`,
@@ -190,7 +210,7 @@ export class UsagePanel {
         ` · ${totals.requests} request${totals.requests === 1 ? "" : "s"}`,
         totals.errors ? `, ${totals.errors} failed` : "",
       ];
-      this.summary.textContent = parts.join("");
+      if (totals.requests > 0) this.summary.textContent = parts.join("");
       replace(
         this.table,
         h(
@@ -220,8 +240,6 @@ export class UsagePanel {
             )
           : null,
       );
-    } else {
-      this.summary.textContent = "nothing yet";
     }
     const exhausted = session ? isBudgetExhausted(session) : false;
     const reason = this.usage?.budget.exhausted;
@@ -232,10 +250,7 @@ export class UsagePanel {
           "p",
           { class: "error-box budget-exhausted" },
           h("strong", null, "Budget exhausted: "),
-          reason
-            ? reason.replace(/^budget_exhausted:\s*/, "")
-            : "the gateway refuses this agent's model requests.",
-          " Raise the budget below; the agent goes on at its next request.",
+          exhaustedText(reason ?? null),
         ),
       );
       this.details.open = true;
@@ -247,4 +262,14 @@ export class UsagePanel {
 
 function fact(term: string, ...value: (string | HTMLElement)[]): HTMLElement {
   return h("div", { class: "fact" }, h("dt", null, term), h("dd", null, value));
+}
+
+/** The refusal in the panel's words: a session budget is raised right here; the daily one
+ * is in the daemon's config, and the reason says so. */
+function exhaustedText(reason: string | null): string {
+  const raise = "Raise the budget below; the agent goes on at its next request.";
+  if (!reason) return `the gateway refuses this agent's model requests. ${raise}`;
+  const text = reason.replace(/^budget_exhausted:\s*/, "");
+  if (!text.startsWith("session budget")) return text;
+  return `${text.split(";")[0]}. ${raise}`;
 }

@@ -90,6 +90,11 @@ class UsageMeter(Protocol):
         """Add one request (an error counts as a request and an error)."""
         ...
 
+    async def refused(self, session_id: str) -> None:
+        """The gateway refused a request of the session because of ``refusal``: the session
+        shows it (agent_state error, reason budget_exhausted) if it does not already."""
+        ...
+
 
 @dataclass(frozen=True)
 class AgentAccess:

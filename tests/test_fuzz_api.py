@@ -73,6 +73,13 @@ def _settings(folder: Path, **auth: str) -> Settings:
             "sessions": {"default_backend": "local", "start_agent": False},
             # Browsing stays in a scratch folder: generated paths must not walk the host.
             "server": {"allowed_roots": [str(folder / "browse")]},
+            # A stored credential is checked at once: against nothing, never a real provider.
+            "agents": {
+                "anthropic_base_url": "http://127.0.0.1:9",
+                "openai_base_url": "http://127.0.0.1:9/v1",
+                "chatgpt_base_url": "http://127.0.0.1:9/backend-api",
+            },
+            "credentials": {"codex_auth_file": ""},
             "auth": auth,
         }
     )

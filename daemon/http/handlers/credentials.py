@@ -7,6 +7,7 @@ factory's ``cleanup_ctx``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -28,8 +29,17 @@ async def credentials_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[CREDENTIALS].close()
 
 
+# Until the app factory runs credentials_ctx, one service per app made on first use (an
+# app's keys cannot be set once it runs; the service holds nothing that needs closing).
+_UNWIRED: weakref.WeakKeyDictionary[web.Application, Credentials] = weakref.WeakKeyDictionary()
+
+
 def credentials_of(app: web.Application) -> Credentials:
-    return app[CREDENTIALS]
+    if CREDENTIALS in app:
+        return app[CREDENTIALS]
+    if app not in _UNWIRED:
+        _UNWIRED[app] = Credentials(app[SETTINGS])
+    return _UNWIRED[app]
 
 
 @ROUTES.route(

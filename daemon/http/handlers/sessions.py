@@ -20,8 +20,9 @@ from daemon.core.models import (
     SessionList,
     SessionStatus,
 )
+from daemon.http.handlers.credentials import credentials_of
 from daemon.http.routes import ROUTES, dump, read_body, read_query
-from daemon.keys import CREDENTIALS, HUB, LIST_CACHE, MANAGER, STORE
+from daemon.keys import HUB, LIST_CACHE, MANAGER, STORE
 from daemon.supervise import metadata
 
 SESSION = "/api/sessions/{session_id}"
@@ -171,7 +172,7 @@ async def regenerate_metadata(request: web.Request) -> web.Response:
     manager = _manager(request)
     session_id = request.match_info["session_id"]
     record = await metadata.regenerate(
-        manager, request.app[STORE], session_id, credentials=request.app.get(CREDENTIALS)
+        manager, request.app[STORE], session_id, credentials=credentials_of(request.app)
     )
     return dump(SessionEnvelope(session=manager.to_api(record)))
 

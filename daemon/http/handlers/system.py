@@ -8,9 +8,10 @@ from daemon import __version__
 from daemon.core.models import DaemonHealth, DockerStatus, HealthSummary
 from daemon.core.readiness import system_status
 from daemon.core.system_models import SystemStatus
+from daemon.http.handlers.credentials import credentials_of
 from daemon.http.openapi import openapi_document
 from daemon.http.routes import ROUTES, dump
-from daemon.keys import BACKENDS, CREDENTIALS, MANAGER, RECONCILER, SETTINGS
+from daemon.keys import BACKENDS, MANAGER, RECONCILER, SETTINGS
 
 
 @ROUTES.route(
@@ -73,7 +74,7 @@ async def system(request: web.Request) -> web.Response:
             request.app[SETTINGS],
             request.app[BACKENDS].get("docker"),
             manager.images,
-            request.app.get(CREDENTIALS),
+            credentials_of(request.app),
         )
     )
 

@@ -88,6 +88,7 @@ class FakeCredentials:
 class FakeMeter:
     refusals: dict[str, str] = field(default_factory=dict)
     records: list[tuple[str, str, Usage, bool]] = field(default_factory=list)
+    refused_sessions: list[str] = field(default_factory=list)
 
     def refusal(self, session_id: str) -> str | None:
         return self.refusals.get(session_id)
@@ -96,6 +97,9 @@ class FakeMeter:
         self, session_id: str, model: str, usage: Usage, *, error: bool = False
     ) -> None:
         self.records.append((session_id, model, usage, error))
+
+    async def refused(self, session_id: str) -> None:
+        self.refused_sessions.append(session_id)
 
 
 # --- a deterministic streaming upstream ---------------------------------------------------
@@ -462,6 +466,9 @@ async def test_no_placeholder_is_401(rig: Rig, model_server: ModelServer) -> Non
     status, _, body = await rig.post("/openai/responses", None, RESPONSE)
     assert status == 401
     assert json.loads(body)["error"]["code"] == "invalid_api_key"
+    # Codex's credential-less ps/mcp call on the ChatGPT route: a plain 404, as upstream.
+    status, _, _ = await rig.post("/chatgpt/ps/mcp", None, {})
+    assert status == 404
     assert model_server.log == []
 
 
@@ -519,6 +526,7 @@ async def test_a_spent_budget_refuses_model_calls_in_the_provider_shape(
     }
     assert model_server.log == []
     assert rig.meter.records == []
+    assert rig.meter.refused_sessions == ["s-claude", "s-codex"]
     # Calls that cost nothing still pass (count_tokens is not a model call).
     status, _, _ = await rig.post("/anthropic/v1/messages/count_tokens", CLAUDE_TOKEN, MESSAGE)
     assert status == 200

@@ -199,6 +199,13 @@ class ModelGateway:
             # Claude Code's start-up check carries no credential: answered here, never sent on.
             return web.Response(status=200)
         token = _placeholder(request)
+        if not token and route.prefix == "chatgpt":
+            # Codex signed in with ChatGPT posts to ps/mcp with no credential at all; it
+            # takes a 404 there in its stride (measured by the lead), and nothing there can be
+            # forwarded without knowing the session.
+            return error_response(
+                route.family, 404, "not_found_error", "corral gateway: not forwarded", "not_found"
+            )
         if not token:
             return error_response(
                 route.family,
@@ -222,6 +229,12 @@ class ModelGateway:
             refusal = self.meter.refusal(client.session_id)
             if refusal is not None:
                 log.info("gateway_refused", session_id=client.session_id, route=route.prefix)
+                try:
+                    # The session shows why its agent stopped, even when no request of its
+                    # own crossed the budget (a budget lowered, the daily one).
+                    await self.meter.refused(client.session_id)
+                except Exception:
+                    log.exception("gateway_refusal_not_recorded", session_id=client.session_id)
                 return error_response(
                     route.family,
                     USER_MUST_ACT,

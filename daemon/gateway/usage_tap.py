@@ -39,6 +39,12 @@ _MARKERS: dict[Family, tuple[bytes, ...]] = {
         b"response.failed",
     ),
 }
+# What a chunk must contain to be looked at line by line: Anthropic's two markers share
+# "message_" (one search instead of two; message_stop comes along, once a stream).
+_FIRST_CUT: dict[Family, tuple[bytes, ...]] = {
+    "anthropic": (b"message_",),
+    "openai": _MARKERS["openai"],
+}
 _FINAL_OPENAI = ("response.completed", "response.incomplete", "response.failed")
 _NUMBER = {
     name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*(\d+)')
@@ -61,6 +67,7 @@ class UsageTap:
         self.usage = Usage()
         self.found = False  # any usage seen at all
         self._markers = _MARKERS[family]
+        self._cut = _FIRST_CUT[family]
         self._line = bytearray()
         self._skipping = False  # the current line passed MAX_LINE
         self._head = b""
@@ -81,6 +88,22 @@ class UsageTap:
                 else:
                     self._body += chunk
             return
+        if not (self._data or self._skipping):
+            # Most chunks are deltas only: nothing to decode, only the line in progress
+            # moves. One substring search per marker (in C) tells them apart.
+            probe = bytes(self._line) + chunk if self._line else chunk
+            for marker in self._cut:
+                if marker in probe:
+                    break
+            else:
+                end = chunk.rfind(b"\n")
+                if end < 0:
+                    self._append(chunk)
+                else:
+                    self._line.clear()
+                    if end + 1 < len(chunk):
+                        self._append(chunk[end + 1 :])
+                return
         start = 0
         while True:
             end = chunk.find(b"\n", start)
@@ -135,7 +158,9 @@ class UsageTap:
             line = line[:-1]
         if not line:
             self._dispatch()
-        elif line.startswith(b"data:"):
+        elif line.startswith(b"data:") and any(marker in line for marker in self._markers):
+            # Only lines that may carry usage are kept until their event ends (the providers
+            # send each event's JSON on one data line).
             data = line[5:]
             if data.startswith(b" "):
                 data = data[1:]

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from daemon.core.access import AccessDenied, Credential, GatewayClient, Usage
 from daemon.gateway.ports import PORTS_FILE, remember_port, remembered_port
@@ -227,7 +228,7 @@ def _settings(tmp_path: Path, upstream: str) -> Settings:
             "agents": {
                 "anthropic_base_url": upstream,
                 "openai_base_url": f"{upstream}/v1",
-                "chatgpt_base_url": f"{upstream}/v1",
+                "chatgpt_base_url": f"{upstream}/backend-api",
             },
         }
     )
@@ -393,7 +394,7 @@ async def test_codex_api_key_and_chatgpt_sign_in_headers(
         "codex", "chatgpt", REAL_CHATGPT, "file", account_id="acct-123"
     )
     status, headers, body = await rig.post(
-        "/chatgpt/responses",
+        "/chatgpt/codex/responses",
         None,
         RESPONSE,
         Authorization=f"Bearer {CHATGPT_TOKEN}",
@@ -495,7 +496,7 @@ async def test_access_denied_is_403_with_its_message(rig: Rig, model_server: Mod
     [
         ("/openai/responses", CLAUDE_TOKEN),  # claude on codex's route
         ("/anthropic/v1/messages", CODEX_TOKEN),  # codex on claude's
-        ("/chatgpt/responses", CODEX_TOKEN),  # an API-key codex on the ChatGPT route
+        ("/chatgpt/codex/responses", CODEX_TOKEN),  # an API-key codex on the ChatGPT route
         ("/openai/responses", CHATGPT_TOKEN),  # a ChatGPT codex on the API-key route
     ],
 )
@@ -785,3 +786,38 @@ async def test_real_claude_in_a_container_reaches_its_model_only_through_the_gat
         await _docker("rm", "-f", name)
         await made.http.close()
         await made.gateway.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "token"),
+    [
+        ("POST", "/anthropic/v1/messages/batches", CLAUDE_TOKEN),  # spend the meter never sees
+        ("GET", "/anthropic/v1/files", CLAUDE_TOKEN),
+        ("POST", "/anthropic/v1/../v1/messages/batches", CLAUDE_TOKEN),
+        ("POST", "/anthropic/v1/messages%2f..%2fbatches", CLAUDE_TOKEN),
+        ("GET", "/anthropic/v1/messages", CLAUDE_TOKEN),  # right path, wrong method
+        ("POST", "/openai/files", CODEX_TOKEN),
+        ("GET", "/chatgpt/conversations", CHATGPT_TOKEN),  # the user's ChatGPT history
+        ("GET", "/chatgpt/codex/../conversations", CHATGPT_TOKEN),
+    ],
+)
+async def test_only_the_endpoints_an_agent_needs_are_forwarded(
+    rig: Rig, model_server: ModelServer, method: str, path: str, token: str
+) -> None:
+    rig.credentials.by_agent["codex"] = Credential(
+        "codex", "chatgpt" if token == CHATGPT_TOKEN else "api_key", REAL_CHATGPT, "file"
+    )
+    before = len(model_server.log)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method,
+            URL(rig.url + path, encoded=True),
+            json={},
+            headers={"x-api-key": token, "Authorization": f"Bearer {token}"},
+        ) as answer,
+    ):
+        body = await answer.text()
+    assert answer.status == 403, body
+    assert "not an endpoint an agent needs" in body
+    assert len(model_server.log) == before  # nothing reached the provider

@@ -24,6 +24,7 @@ minutes (Claude Code) before saying anything.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 
@@ -224,6 +225,18 @@ class ModelGateway:
                 f"corral gateway: /{route.prefix} is not for this session's agent "
                 f"({client.agent}, {client.kind})",
             )
+        if not endpoint_allowed(route, request.method, rest):
+            log.warning(
+                "gateway_endpoint_refused",
+                session_id=client.session_id,
+                route=route.prefix,
+                method=request.method,
+            )
+            return _forbidden(
+                route,
+                f"corral gateway: {request.method} /{route.prefix}"
+                f"{rest.partition('?')[0][:200]} is not an endpoint an agent needs",
+            )
         model_call = request.method == "POST" and _is_model_call(route, rest)
         if model_call:
             refusal = self.meter.refusal(client.session_id)
@@ -329,6 +342,38 @@ def _fits(route: Route, client: GatewayClient) -> bool:
     if client.agent != "codex":
         return False
     return client.kind == ("chatgpt" if route.prefix == "chatgpt" else "api_key")
+
+
+# What each route forwards: the endpoints the CLIs call (measured with Claude Code 2.1.197
+# and Codex 0.169.0), nothing else. The real credential can do much more than an agent
+# needs (batches the meter would not see, a ChatGPT account's conversations), and the
+# container is not trusted with any of it. Paths are matched as sent: no percent escapes,
+# no dot segments, so the upstream cannot read them as another path.
+_ID = r"[A-Za-z0-9._:-]{1,200}"
+ENDPOINTS: dict[str, list[tuple[str, re.Pattern[str]]]] = {
+    "anthropic": [
+        ("POST", re.compile(r"/v1/messages(/count_tokens)?")),
+        ("GET", re.compile(rf"/v1/models(/{_ID})?")),
+    ],
+    "openai": [
+        ("POST", re.compile(r"/responses(/compact)?")),
+        ("GET", re.compile(rf"/models(/{_ID})?")),
+    ],
+    "chatgpt": [
+        ("POST", re.compile(r"/codex/responses(/compact)?")),
+        ("GET", re.compile(rf"/codex/models(/{_ID})?")),
+        ("GET", re.compile(r"/wham/(usage|accounts/check|settings/user)")),
+    ],
+}
+
+
+def endpoint_allowed(route: Route, method: str, rest: str) -> bool:
+    """Whether ``method`` on the path part of ``rest`` is one an agent needs."""
+    path = rest.partition("?")[0]
+    return any(
+        method == allowed and pattern.fullmatch(path)
+        for allowed, pattern in ENDPOINTS[route.prefix]
+    )
 
 
 def _is_model_call(route: Route, rest: str) -> bool:

@@ -174,6 +174,8 @@ async def test_create_a_session_through_the_form(
     # Unique: container names are global to the engine, and test runs may overlap.
     name = f"from-the-form-{uuid.uuid4().hex[:6]}"
     await ui_page.get_by_label("Session name").fill(name)
+    await ui_page.get_by_label("Network").select_option("none")
+    await ui_page.get_by_label("Budget (US $)").fill("2.5")
     await ui_page.set_viewport_size({"width": 1280, "height": 1180})  # the whole form
     await ui_page.evaluate("() => document.getElementById('main').scrollTo(0, 0)")
     await shot(ui_page, "create-form")
@@ -202,6 +204,7 @@ async def test_create_a_session_through_the_form(
     session = listed["sessions"][0]
     assert session["status"] == "running"
     assert [r["mount_name"] for r in session["repositories"]] == ["repo", "other-repo"]
+    assert (session["egress"], session["max_cost_usd"]) == ("none", 2.5)
 
     # Once running, the image is uploaded into the working directory and named to the agent.
     attached = Path(session["worktree_path"], "sketch.png")

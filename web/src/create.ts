@@ -88,6 +88,26 @@ export function createView(ctx: CreateContext): HTMLElement {
     placeholder: "the configured default",
     autocomplete: "off",
   });
+  const egressId = uid("egress");
+  const egress = h(
+    "select",
+    { id: egressId, name: "egress", "aria-describedby": `${egressId}-hint` },
+    h("option", { value: "" }, "the configured default"),
+    h("option", { value: "allowlist" }, "Model and allowed hosts (package registries)"),
+    h("option", { value: "none" }, "Model only"),
+    h("option", { value: "open" }, "Open: anywhere"),
+  );
+  const budgetId = uid("budget");
+  const budget = h("input", {
+    id: budgetId,
+    name: "max_cost_usd",
+    type: "number",
+    min: "0.01",
+    step: "0.01",
+    inputmode: "decimal",
+    placeholder: "no budget",
+    "aria-describedby": `${budgetId}-hint`,
+  });
   const filesId = uid("files");
   const files = h("input", {
     id: filesId,
@@ -222,6 +242,8 @@ export function createView(ctx: CreateContext): HTMLElement {
     if (model.value.trim()) out.model = model.value.trim();
     if (image.value.trim()) out.image = image.value.trim();
     out.no_plan_mode = !plan.checked;
+    if (egress.value) out.egress = egress.value;
+    if (budget.value.trim()) out.max_cost_usd = Number(budget.value);
     return out;
   }
 
@@ -268,6 +290,32 @@ export function createView(ctx: CreateContext): HTMLElement {
         h("label", { for: nameId }, "Session name"),
         name,
         h("small", { id: `${nameId}-hint`, class: "hint" }, "Lower case letters, digits, - and _"),
+      ),
+    ),
+    h(
+      "div",
+      { class: "field-row" },
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: egressId }, "Network"),
+        egress,
+        h(
+          "small",
+          { id: `${egressId}-hint`, class: "hint" },
+          "What the container may reach besides its model (through corral; it never holds your key).",
+        ),
+      ),
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: budgetId }, "Budget (US $)"),
+        budget,
+        h(
+          "small",
+          { id: `${budgetId}-hint`, class: "hint" },
+          "The agent stops when its estimated spend reaches it; raise it to go on.",
+        ),
       ),
     ),
     h(

@@ -171,6 +171,50 @@ class AgentSettings(Section):
     )
 
 
+class GatewaySettings(Section):
+    port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the model gateway on each container network's host address; 0: "
+        "one chosen at first start and remembered in the data dir, so running containers "
+        "keep reaching it across restarts.",
+    )
+    proxy_port: int = Field(
+        0, ge=0, le=65535, description="Port of the egress proxy, chosen and kept the same way."
+    )
+
+
+DEFAULT_ALLOWED_HOSTS = [
+    "registry.npmjs.org",
+    "pypi.org",
+    "files.pythonhosted.org",
+    "github.com",
+    "codeload.github.com",
+    "objects.githubusercontent.com",
+    "proxy.golang.org",
+    "sum.golang.org",
+    "crates.io",
+    "static.crates.io",
+    "index.crates.io",
+    "rubygems.org",
+    "repo.maven.apache.org",
+    "deb.debian.org",
+]
+
+
+class EgressSettings(Section):
+    default_policy: Literal["none", "allowlist", "open"] = Field(
+        "allowlist",
+        description="A new session's egress: none (the model gateway only), allowlist (also "
+        "allowed_hosts through corral's proxy) or open.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_HOSTS),
+        description="Hosts an allowlist session may reach (exact names, or *.example.com).",
+    )
+
+
 class ModelPrice(Section):
     """What a model costs, in US dollars per million tokens."""
 
@@ -383,6 +427,8 @@ class Settings(BaseSettings):
     agents: AgentSettings = Field(default_factory=AgentSettings)
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    egress: EgressSettings = Field(default_factory=EgressSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)

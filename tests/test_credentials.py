@@ -29,7 +29,6 @@ from daemon.core.readiness import system_status
 from daemon.credentials import chatgpt
 from daemon.credentials.models import mask
 from daemon.credentials.service import Credentials
-from daemon.http.handlers.credentials import credentials_ctx
 from daemon.settings import Settings
 from tests.model_server import BAD_KEY, ModelServer
 
@@ -409,8 +408,6 @@ async def api(aiohttp_client: Any, tmp_path: Path, model_server: ModelServer) ->
         docker={"default_image": "corral-test-unbuilt:none", "network_mode": "none"},
     )  # fmt: skip
     app = create_app(settings)
-    if credentials_ctx not in app.cleanup_ctx:  # until the app factory starts it itself
-        app.cleanup_ctx.append(credentials_ctx)
     return await aiohttp_client(app)
 
 

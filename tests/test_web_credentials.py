@@ -19,7 +19,6 @@ from playwright.async_api import Browser, Page, expect
 
 from daemon.app import create_app
 from daemon.credentials.models import mask
-from daemon.http.handlers.credentials import credentials_ctx
 from daemon.settings import Settings
 from tests import ui_helpers
 from tests.model_server import BAD_KEY, ModelServer
@@ -56,8 +55,6 @@ async def panel(
             }
         )
         app = create_app(settings)
-        if credentials_ctx not in app.cleanup_ctx:  # until the app factory starts it itself
-            app.cleanup_ctx.append(credentials_ctx)
         server = await aiohttp_server(app, host="127.0.0.1")
         ui = UiServer(app=app, port=server.port, client=await aiohttp_client(server))
         problems = PageProblems()

@@ -1,45 +1,25 @@
 """REST handlers for ``/api/credentials``: each agent's credential masked, added, checked.
 
 Secrets come in (PUT) and never go out: every answer is a ``CredentialEntry`` (masked,
-kind, source, the last check). ``credentials_ctx`` is the service's lifetime, for the app
-factory's ``cleanup_ctx``.
+kind, source, the last check).
 """
 
 from __future__ import annotations
-
-import weakref
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from daemon.credentials.models import CredentialEntry, CredentialList, CredentialPut
 from daemon.credentials.service import Credentials
 from daemon.http.routes import ROUTES, dump, read_body
-from daemon.keys import CREDENTIALS, SETTINGS
+from daemon.keys import CREDENTIALS
 
 TAGS = ("credentials",)
 AGENT = "/api/credentials/{agent}"
 
 
-async def credentials_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Make the credential service at start (unless one is set) and close it at the end."""
-    if CREDENTIALS not in app:
-        app[CREDENTIALS] = Credentials(app[SETTINGS])
-    yield
-    await app[CREDENTIALS].close()
-
-
-# Until the app factory runs credentials_ctx, one service per app made on first use (an
-# app's keys cannot be set once it runs; the service holds nothing that needs closing).
-_UNWIRED: weakref.WeakKeyDictionary[web.Application, Credentials] = weakref.WeakKeyDictionary()
-
-
 def credentials_of(app: web.Application) -> Credentials:
-    if CREDENTIALS in app:
-        return app[CREDENTIALS]
-    if app not in _UNWIRED:
-        _UNWIRED[app] = Credentials(app[SETTINGS])
-    return _UNWIRED[app]
+    """The app's credential service (made by the app factory's gateway context)."""
+    return app[CREDENTIALS]
 
 
 @ROUTES.route(

@@ -74,7 +74,10 @@ class AccessPlanner:
             kind=kind,
             placeholder=placeholder,
             base_url=base_url,
-            chatgpt_url=f"{gateway}/chatgpt/" if kind == "chatgpt" else "",
+            # "/backend-api" in it: Codex (0.169.0) then calls the ChatGPT backend's own
+            # paths (wham/accounts/check); under any other URL it calls api/codex/...,
+            # which chatgpt.com does not serve (measured). The gateway drops the segment.
+            chatgpt_url=f"{gateway}/chatgpt/backend-api/" if kind == "chatgpt" else "",
             network=network,
             no_proxy=f"{address},localhost,127.0.0.1",
         )

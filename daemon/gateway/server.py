@@ -33,6 +33,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from daemon.agents.codex import PLACEHOLDER_ACCOUNT
 from daemon.core.access import (
     AccessDenied,
     Credential,
@@ -183,6 +184,8 @@ class ModelGateway:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path
         prefix, rest = _split(raw)
+        if prefix == "chatgpt" and rest.startswith(BACKEND_SEGMENT + "/"):
+            rest = rest[len(BACKEND_SEGMENT) :]  # Codex's chatgpt_base_url (agent_access.py)
         route = ROUTES.get(prefix)
         if route is None:
             return web.json_response(
@@ -237,6 +240,8 @@ class ModelGateway:
                 f"corral gateway: {request.method} /{route.prefix}"
                 f"{rest.partition('?')[0][:200]} is not an endpoint an agent needs",
             )
+        if route.prefix == "chatgpt" and rest.partition("?")[0] == ACCOUNTS_CHECK:
+            return web.json_response(placeholder_workspace())
         model_call = request.method == "POST" and _is_model_call(route, rest)
         if model_call:
             refusal = self.meter.refusal(client.session_id)
@@ -365,6 +370,29 @@ ENDPOINTS: dict[str, list[tuple[str, re.Pattern[str]]]] = {
         ("GET", re.compile(r"/wham/(usage|accounts/check|settings/user)")),
     ],
 }
+
+
+# Codex's TUI (0.169.0) reads the signed-in account's workspace here at start (its
+# "workspace routing discovery") and exits unless the answer lists the account of its
+# auth.json (the placeholder's) with an https backend origin; "NO_CONSTRAINT" makes it check
+# chatgpt_base_url instead, which is the gateway's http URL (measured: "workspace backend
+# must use an HTTPS origin"). The origin only steers requests to chatgpt.com itself, which
+# the container never makes (its provider is the gateway). So the gateway answers for the
+# placeholder's account and the real answer (the user's other workspaces, the real account
+# id) never reaches the container. A ChatGPT workspace on another origin (a government
+# one) is not routed there: its requests still go to agents.chatgpt_base_url.
+ACCOUNTS_CHECK = "/wham/accounts/check"
+BACKEND_SEGMENT = "/backend-api"
+WORKSPACE_ORIGIN = "https://chatgpt.com"
+
+
+def placeholder_workspace() -> dict[str, object]:
+    entry = {
+        "id": PLACEHOLDER_ACCOUNT,
+        "workspace_backend_origin": WORKSPACE_ORIGIN,
+        "account_routing_override": "NO_CONSTRAINT",
+    }
+    return {"accounts": [entry], "account_ordering": [PLACEHOLDER_ACCOUNT]}
 
 
 def endpoint_allowed(route: Route, method: str, rest: str) -> bool:

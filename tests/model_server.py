@@ -9,7 +9,9 @@ so no test needs the host's network namespace (which corral refuses by default).
   ``?beta=true``), answered as SSE when the body says ``stream: true`` and as one JSON
   message otherwise; ``POST /v1/messages/count_tokens`` (part of the API, not seen from
   the CLI) gets a rough count.
-* OpenAI Responses API for Codex: ``POST /v1/responses``, always SSE.
+* OpenAI Responses API for Codex: ``POST /v1/responses``, always SSE; the same at
+  ``POST /backend-api/codex/responses``, where Codex signed in with ChatGPT sends it (its
+  other ChatGPT calls, ``/backend-api/wham/...`` and ``ps/mcp``, get 404s it tolerates).
 
 * ``GET /v1/models``, the cheap call corral's credential check makes (Anthropic and
   OpenAI alike): 200 for any key or bearer token except :data:`BAD_KEY`, which gets 401.
@@ -695,6 +697,8 @@ class ModelServer:
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_post("/v1/responses", self._codex)
+        # Codex signed in with ChatGPT: its provider is <chatgpt backend>/codex.
+        app.router.add_post("/backend-api/codex/responses", self._codex)
         app.router.add_get("/v1/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app

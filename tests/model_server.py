@@ -11,7 +11,9 @@ so no test needs the host's network namespace (which corral refuses by default).
   the CLI) gets a rough count.
 * OpenAI Responses API for Codex: ``POST /v1/responses``, always SSE; the same at
   ``POST /backend-api/codex/responses``, where Codex signed in with ChatGPT sends it (its
-  other ChatGPT calls, ``/backend-api/wham/...`` and ``ps/mcp``, get 404s it tolerates).
+  other ChatGPT calls, ``wham/usage``, ``wham/settings/user``, ``ps/mcp``, get 404s it
+  tolerates; its TUI does not tolerate one on ``wham/accounts/check``, which corral's
+  gateway answers itself).
 
 * ``GET /v1/models``, the cheap call corral's credential check makes (Anthropic and
   OpenAI alike): 200 for any key or bearer token except :data:`BAD_KEY`, which gets 401.

@@ -174,3 +174,20 @@ def test_installed_agent_recipe_is_the_packaged_copy(installed: Installed) -> No
     assert not (folder / "cli").exists()
     for script in ("build.sh", "build-default.sh"):
         assert os.access(folder / script, os.X_OK), script
+
+
+def test_every_package_of_ours_is_in_the_wheel_list() -> None:
+    """A new package forgotten in pyproject.toml installs without it: caught here in a
+    second, not when an installed ``corral`` fails to import."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for top in ("daemon", "backends", "ws", "client")
+        for init in (root / top).rglob("__init__.py")
+    }
+    assert found - listed == set()

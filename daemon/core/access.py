@@ -123,12 +123,13 @@ class GatewayEndpoints(Protocol):
         ...
 
 
-PLACEHOLDER_PREFIX = {
-    # Claude Code picks its sign-in mode from the variable, not the text; the shapes
-    # follow the real ones so that anything checking a prefix is satisfied.
-    "api_key": "sk-ant-api03-corral-",
-    "oauth_token": "sk-ant-oat01-corral-",
-    "chatgpt": "corral-",
+PLACEHOLDER_PREFIX: dict[tuple[AgentName, CredentialKind], str] = {
+    # The CLIs pick their sign-in mode from the variable, not the text; the shapes follow
+    # the real ones so that anything checking a prefix is satisfied.
+    ("claude", "api_key"): "sk-ant-api03-corral-",
+    ("claude", "oauth_token"): "sk-ant-oat01-corral-",
+    ("codex", "api_key"): "sk-corral-",
+    ("codex", "chatgpt"): "corral-",
 }
 
 
@@ -199,10 +200,12 @@ class Placeholders:
         session_id: str,
         kind: CredentialKind,
         shape: Callable[[str], str] | None = None,
+        *,
+        agent: AgentName = "claude",
     ) -> str:
         """A new placeholder for the session, replacing any it had. ``shape`` turns the
         random part into the token the agent needs (Codex wants a JWT)."""
-        token = PLACEHOLDER_PREFIX.get(kind, "corral-") + secrets.token_urlsafe(32)
+        token = PLACEHOLDER_PREFIX.get((agent, kind), "corral-") + secrets.token_urlsafe(32)
         if shape is not None:
             token = shape(token)
         hashed = token_hash(token)

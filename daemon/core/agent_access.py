@@ -25,6 +25,7 @@ import structlog
 
 from backends.base import Backend, BackendError, BackendUnavailable
 from backends.docker import SEALED_NETWORK
+from daemon.agents.codex import chatgpt_placeholder
 from daemon.core.access import (
     AgentAccess,
     CredentialKind,
@@ -63,7 +64,10 @@ class AccessPlanner:
         kind: CredentialKind = credential.kind if credential is not None else "api_key"
         network, address = await self._network(record)
         gateway = await self.endpoints.gateway_url(address)
-        placeholder = await self.placeholders.issue(record.id, kind)
+        # Codex reads its ChatGPT access token as a JWT (plan, expiry): the placeholder is
+        # shaped as one, expiring far ahead so that Codex never tries to refresh it.
+        shape = chatgpt_placeholder(credential.claims) if credential and kind == "chatgpt" else None
+        placeholder = await self.placeholders.issue(record.id, kind, shape, agent=record.agent)
         if record.agent == "claude":
             base_url = f"{gateway}/anthropic"
         elif kind == "chatgpt":

@@ -46,6 +46,7 @@ EXPECTED = {
     "events_replay.py": {"replay_10k"},
     "local_loop_lag.py": {"flood_read_tick_lateness_worst", "input_write_tick_lateness_worst"},
     "first_run.py": {"clone_to_answering", "image_build"},
+    "gateway.py": {"ttft_p50", "ttft_p99", "stream_throughput", "cpu_50_streams"},
 }
 METRIC_NUMBERS = ("measured", "baseline", "overhead", "samples")
 

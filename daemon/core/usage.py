@@ -17,7 +17,7 @@ again clears it, and the agent goes on at its next request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -41,7 +41,7 @@ from daemon.core.usage_models import (
     UsageTotals,
 )
 from daemon.core.usage_models import UsageRow as ApiUsageRow
-from daemon.core.usage_store import UsageRow, UsageStore
+from daemon.core.usage_store import COUNTS, Counts, UsageRow, UsageStore
 from daemon.settings import ModelPrice, Settings
 
 log = structlog.get_logger(__name__)
@@ -89,47 +89,21 @@ def cost_of(price: ModelPrice | None, usage: Usage) -> float:
 
 
 @dataclass
-class Tally:
+class Tally(Counts):
     """Running sums of usage rows."""
 
-    requests: int = 0
-    errors: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost_usd: float = 0.0
     unpriced: bool = False  # some tokens went to a model the price table does not know
 
-    @property
-    def total_tokens(self) -> int:
-        return (
-            self.input_tokens + self.output_tokens + self.cache_read_tokens
-            + self.cache_write_tokens
-        )  # fmt: skip
-
-    def add(self, row: UsageRow, *, priced: bool) -> None:
-        self.requests += row.requests
-        self.errors += row.errors
-        self.input_tokens += row.input_tokens
-        self.output_tokens += row.output_tokens
-        self.cache_read_tokens += row.cache_read_tokens
-        self.cache_write_tokens += row.cache_write_tokens
-        self.cost_usd += row.cost_usd
-        tokens = row.input_tokens + row.output_tokens + row.cache_read_tokens
-        if not priced and tokens + row.cache_write_tokens > 0:
+    def add_row(self, row: UsageRow, *, priced: bool) -> None:
+        self.add(row)
+        if not priced and row.total_tokens > 0:
             self.unpriced = True
 
     def api(self) -> UsageTotals:
+        counts = {name: getattr(self, name) for name in COUNTS}
         return UsageTotals(
-            requests=self.requests,
-            errors=self.errors,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            cache_read_tokens=self.cache_read_tokens,
-            cache_write_tokens=self.cache_write_tokens,
+            **counts | {"cost_usd": round(self.cost_usd, 6)},
             total_tokens=self.total_tokens,
-            cost_usd=round(self.cost_usd, 6),
             priced=not self.unpriced,
         )
 
@@ -179,13 +153,13 @@ class Meter:
         """Each session's lifetime totals and today's total of all, from the store."""
         self._sessions = {}
         for row in await self.rows.lifetime_rows():
-            self._sessions.setdefault(row.session_id, Tally()).add(
+            self._sessions.setdefault(row.session_id, Tally()).add_row(
                 row, priced=self._priced(row.model)
             )
         self._day = utc_day(self.clock())
         self._today = Tally()
         for row in await self.rows.day_rows(self._day):
-            self._today.add(row, priced=self._priced(row.model))
+            self._today.add_row(row, priced=self._priced(row.model))
         self.changes += 1
 
     def _today_tally(self) -> Tally:
@@ -253,16 +227,13 @@ class Meter:
             model=model,
             requests=1,
             errors=int(error),
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
             cost_usd=cost_of(price, usage),
+            **asdict(usage),
         )
         # Memory first, before any await: a request that starts meanwhile is judged with
         # this one counted.
-        self._sessions.setdefault(session_id, Tally()).add(row, priced=price is not None)
-        self._today_tally().add(row, priced=price is not None)
+        self._sessions.setdefault(session_id, Tally()).add_row(row, priced=price is not None)
+        self._today_tally().add_row(row, priced=price is not None)
         self.changes += 1
         try:
             await self.rows.add(row)
@@ -360,10 +331,7 @@ class Meter:
         return SessionUsage(
             session_id=session_id,
             totals=self._sum(rows).api(),
-            by_model=[
-                ModelUsage(model=model, totals=tally.api())
-                for model, tally in self._group(rows, lambda r: r.model).items()
-            ],
+            by_model=self._by_model(rows),
             by_day=[
                 DayUsage(day=day, totals=tally.api())
                 for day, tally in self._group(rows, lambda r: r.day).items()
@@ -385,10 +353,7 @@ class Meter:
                 AgentUsage(agent=agent, totals=tally.api())
                 for agent, tally in self._group(rows, lambda r: r.agent).items()
             ],
-            by_model=[
-                ModelUsage(model=model, totals=tally.api())
-                for model, tally in self._group(rows, lambda r: r.model).items()
-            ],
+            by_model=self._by_model(rows),
             totals=self._sum(rows).api(),
             daily_budget=self.daily_budget(),
         )
@@ -396,8 +361,14 @@ class Meter:
     def _sum(self, rows: Iterable[UsageRow]) -> Tally:
         tally = Tally()
         for row in rows:
-            tally.add(row, priced=self._priced(row.model))
+            tally.add_row(row, priced=self._priced(row.model))
         return tally
+
+    def _by_model(self, rows: Iterable[UsageRow]) -> list[ModelUsage]:
+        return [
+            ModelUsage(model=model, totals=tally.api())
+            for model, tally in self._group(rows, lambda r: r.model).items()
+        ]
 
     def _group(self, rows: Iterable[UsageRow], key: Callable[[UsageRow], K]) -> dict[K, Tally]:
         """Rows summed per key, keys sorted."""

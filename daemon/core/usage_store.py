@@ -8,48 +8,55 @@ has no foreign key on purpose, so ``/api/usage`` still counts what they spent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
+from daemon.core.access import Usage
 from daemon.core.store import Store
-
-COUNTS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-)
-
-_ADD = ", ".join(f"{c} = {c} + excluded.{c}" for c in (*COUNTS, "cost_usd"))
-_UPSERT = (
-    f"INSERT INTO usage (session_id, day, agent, model, {', '.join(COUNTS)}, cost_usd) "  # noqa: S608 - fixed names
-    f"VALUES (?, ?, ?, ?, {', '.join('?' for _ in COUNTS)}, ?) "
-    f"ON CONFLICT(session_id, day, model) DO UPDATE SET {_ADD}"
-)
-_SELECT = f"SELECT session_id, day, agent, model, {', '.join(COUNTS)}, cost_usd FROM usage"  # noqa: S608
 
 
 @dataclass
-class UsageRow:
+class Counts(Usage):
+    """What is counted and added up: the tokens of each kind (``Usage``'s), requests, errors
+    and the estimated cost. The table's columns bear the same names."""
+
+    requests: int = 0
+    errors: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, other: Counts) -> None:
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+# Every counted column; the one list the SQL below and the sums are written from.
+COUNTS = tuple(f.name for f in fields(Counts))
+_KEYS = ("session_id", "day", "agent", "model")
+
+_ADD = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTS)
+_UPSERT = (
+    f"INSERT INTO usage ({', '.join((*_KEYS, *COUNTS))}) "  # noqa: S608 - fixed names
+    f"VALUES ({', '.join('?' for _ in (*_KEYS, *COUNTS))}) "
+    f"ON CONFLICT(session_id, day, model) DO UPDATE SET {_ADD}"
+)
+_SELECT = f"SELECT {', '.join((*_KEYS, *COUNTS))} FROM usage"  # noqa: S608 - fixed names
+
+
+@dataclass(kw_only=True)
+class UsageRow(Counts):
     """One row of the table: what one session spent on one model on one UTC day."""
 
     session_id: str
     day: str
     agent: str
     model: str
-    requests: int = 0
-    errors: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost_usd: float = 0.0
 
 
 def _row(raw: Any) -> UsageRow:
-    return UsageRow(*tuple(raw))
+    """A row read as ``_KEYS`` then ``COUNTS``."""
+    values = tuple(raw)
+    keys = dict(zip(_KEYS, values[: len(_KEYS)], strict=True))
+    return UsageRow(**keys, **dict(zip(COUNTS, values[len(_KEYS) :], strict=True)))
 
 
 class UsageStore:
@@ -62,8 +69,7 @@ class UsageStore:
             [
                 (
                     _UPSERT,
-                    [row.session_id, row.day, row.agent, row.model,
-                     *(getattr(row, c) for c in COUNTS), row.cost_usd],
+                    [getattr(row, c) for c in (*_KEYS, *COUNTS)],
                 )
             ]
         )  # fmt: skip
@@ -71,28 +77,22 @@ class UsageStore:
     async def lifetime_rows(self) -> list[UsageRow]:
         """Each session's lifetime sum per model (``day`` empty): read once at start to put
         the totals in memory."""
-        sums = ", ".join(f"SUM({c})" for c in (*COUNTS, "cost_usd"))
-        async with self.store.db.execute(
+        sums = ", ".join(f"SUM({c})" for c in COUNTS)
+        return await self._rows(
             f"SELECT session_id, '', MIN(agent), model, {sums} FROM usage "  # noqa: S608 - fixed names
             "GROUP BY session_id, model"
-        ) as cursor:
-            return [_row(raw) async for raw in cursor]
+        )
 
     async def day_rows(self, day: str) -> list[UsageRow]:
-        async with self.store.db.execute(f"{_SELECT} WHERE day = ?", [day]) as cursor:
-            return [_row(raw) async for raw in cursor]
+        return await self._rows(f"{_SELECT} WHERE day = ?", day)
 
     async def session_rows(self, session_id: str) -> list[UsageRow]:
-        async with self.store.db.execute(
-            f"{_SELECT} WHERE session_id = ? ORDER BY day, model",
-            [session_id],
-        ) as cursor:
-            return [_row(raw) async for raw in cursor]
+        return await self._rows(f"{_SELECT} WHERE session_id = ? ORDER BY day, model", session_id)
 
     async def rows_since(self, first_day: str) -> list[UsageRow]:
         """Every session's rows from ``first_day`` (YYYY-MM-DD, UTC) on, oldest first."""
-        async with self.store.db.execute(
-            f"{_SELECT} WHERE day >= ? ORDER BY day, agent, model",
-            [first_day],
-        ) as cursor:
+        return await self._rows(f"{_SELECT} WHERE day >= ? ORDER BY day, agent, model", first_day)
+
+    async def _rows(self, sql: str, *params: str) -> list[UsageRow]:
+        async with self.store.db.execute(sql, params) as cursor:
             return [_row(raw) async for raw in cursor]

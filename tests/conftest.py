@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,27 @@ async def client(aiohttp_client: Any, settings: Settings) -> AsyncIterator[Any]:
         sweep_containers(settings.data_dir)
 
 
+# Starts a daemon with the settings a test has changed; answers its test client.
+Daemon = Callable[[Settings], Awaitable[Any]]
+
+
+@pytest.fixture
+async def daemon(aiohttp_client: Any) -> AsyncIterator[Daemon]:
+    """Start a daemon with the test's own settings (changed after the ``settings`` fixture),
+    as often as the test asks; each one's tasks are awaited and its containers swept after."""
+    started: list[tuple[Any, Settings]] = []
+
+    async def start(settings: Settings) -> Any:
+        app = create_app(settings)
+        started.append((app, settings))
+        return await aiohttp_client(app)
+
+    yield start
+    for app, settings in started:
+        await app[TASKS].wait(timeout=30)
+        sweep_containers(settings.data_dir)
+
+
 async def wait_for(
     client: Any, session_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
 ) -> dict[str, Any]:
@@ -233,3 +254,9 @@ def container_state(container_id: str) -> dict[str, Any]:
     if out.returncode != 0:
         return {}
     return dict(json.loads(out.stdout)[0])
+
+
+def container_environment(container_id: str) -> dict[str, str]:
+    """The container's environment as the engine gave it (``docker inspect``)."""
+    entries = container_state(container_id)["Config"]["Env"]
+    return dict(entry.split("=", 1) for entry in entries)

@@ -14,7 +14,6 @@ import asyncio
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +23,21 @@ from structlog.testing import capture_logs
 
 from backends.base import ContainerSpec, NetworkRefused
 from backends.docker import DockerBackend
-from daemon.app import create_app
 from daemon.cli import warn_host_network
-from daemon.keys import TASKS
 from daemon.settings import Settings, SettingsError, load_settings
-from tests.conftest import container_state, create_running, docker_exec, sweep_containers
+from tests.conftest import (
+    Daemon,
+    container_environment,
+    container_state,
+    create_running,
+    docker_exec,
+)
 from tests.model_server import ModelServer, bridge_gateway
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(90)]
 
-Daemon = Callable[[Settings], Awaitable[Any]]
 # No bit set: not one capability, effective or in the bounding set.
 NO_CAPS = "0000000000000000"
-
-
-@pytest.fixture
-async def daemon(aiohttp_client: Any) -> AsyncIterator[Daemon]:
-    """Start a daemon with the test's own settings (changed after the ``settings`` fixture)."""
-    started: list[tuple[Any, Settings]] = []
-
-    async def start(settings: Settings) -> Any:
-        app = create_app(settings)
-        started.append((app, settings))
-        return await aiohttp_client(app)
-
-    yield start
-    for app, settings in started:
-        await app[TASKS].wait(timeout=30)
-        sweep_containers(settings.data_dir)
 
 
 def status_fields(text: str) -> dict[str, str]:
@@ -260,11 +246,6 @@ async def test_a_session_on_the_bridge_cannot_reach_the_daemons_api(
             assert "refused" in probe.stdout.lower(), (address, probe.stdout)
 
 
-def _environment(container_id: str) -> dict[str, str]:
-    entries = container_state(container_id)["Config"]["Env"]
-    return dict(entry.split("=", 1) for entry in entries)
-
-
 def _image_environment(image: str) -> dict[str, str]:
     out = subprocess.run(
         ["docker", "image", "inspect", image, "--format", "{{json .Config.Env}}"],
@@ -317,7 +298,7 @@ async def test_the_container_holds_only_the_key_its_agent_needs(
     # container it was given stays for inspection.
     session = await create_running(client, git_repo, agent=agent)
     assert session["container_id"], session
-    env = _environment(session["container_id"])
+    env = container_environment(session["container_id"])
 
     forbidden = set(secrets.values()) | set(daemon_env.values()) | {"sk-metadata-0123456789abcdef"}
     if key is not None:

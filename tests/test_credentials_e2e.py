@@ -19,7 +19,8 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,16 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from daemon.app import create_app
 from daemon.core.access import unsigned_jwt
-from daemon.keys import TASKS
 from daemon.settings import Settings
-from tests.conftest import container_state, create_running, docker_exec, sweep_containers, wait_for
+from tests.conftest import (
+    Daemon,
+    container_environment,
+    container_state,
+    create_running,
+    docker_exec,
+    wait_for,
+)
 from tests.model_server import Hold, ModelServer, Text, model_server_fixture
 from tests.test_console import Screen, open_console
 from tests.test_events import Events, connect
@@ -50,30 +56,66 @@ CODEX_MODEL = "gpt-5.5"  # in Codex's catalog with plain function tools (test_ag
 SEALED = "corral-sealed"
 PROBE = "corral-probe"  # the model named by the tests' own requests
 AGENT_VARIABLES = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "OPENAI_API_KEY")
+# What a session asks of each agent (Claude's plan mode would hold back its first turn).
+CLAUDE: dict[str, Any] = {"no_plan_mode": True}
+CODEX: dict[str, Any] = {"agent": "codex", "model": CODEX_MODEL}
 
-Daemon = Callable[[Settings], Awaitable[Any]]
+
+@dataclass
+class Rig:
+    """One test's parts: a daemon whose gateway forwards to the model server, the repo and
+    the agent image its sessions run in. ``settings`` is the test's to change before
+    ``start``."""
+
+    settings: Settings
+    model_server: ModelServer
+    git_repo: Path
+    agent_image: str
+    daemon: Daemon
+
+    async def start(self, **body: Any) -> tuple[Any, dict[str, Any]]:
+        """The daemon started, and one session running in it (see ``session``)."""
+        client = await self.daemon(self.settings)
+        return client, await self.session(client, **body)
+
+    async def session(self, client: Any, **body: Any) -> dict[str, Any]:
+        """A session running in the agent image, sealed (egress "none") unless ``body``
+        says otherwise."""
+        session = await create_running(
+            client, self.git_repo, image=self.agent_image, **{"egress": "none", **body}
+        )
+        assert session["status"] == "running", session
+        return session
+
+    async def answered(self, reply: str, **body: Any) -> tuple[Any, dict[str, Any]]:
+        """The model scripted to say ``reply``, a session started, and its agent said it."""
+        self.model_server.script(Text(reply))
+        client, session = await self.start(**body)
+        await assistant_says(await subscribed(client, session["id"]), reply)
+        return client, session
+
+    def calls(self, path: str) -> list[Any]:
+        """The model requests that reached ``path``: at least one."""
+        calls = model_calls(self.model_server, path)
+        assert calls, [(r.method, r.path) for r in self.model_server.log]
+        return calls
+
+    async def assert_nothing_real(self, session: dict[str, Any], *secrets: str) -> dict[str, str]:
+        """No real secret anywhere in the session's container (see ``assert_nothing_real``)."""
+        return await assert_nothing_real(
+            self.settings, session["id"], session["container_id"], *secrets
+        )
 
 
 @pytest.fixture
-async def daemon(aiohttp_client: Any) -> AsyncIterator[Daemon]:
-    """Start a daemon with the test's own settings; its containers are swept after."""
-    started: list[tuple[Any, Settings]] = []
-
-    async def start(settings: Settings) -> Any:
-        app = create_app(settings)
-        started.append((app, settings))
-        return await aiohttp_client(app)
-
-    yield start
-    for app, settings in started:
-        await app[TASKS].wait(timeout=30)
-        sweep_containers(settings.data_dir)
-
-
-@pytest.fixture
-def through_gateway(
-    settings: Settings, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
-) -> Settings:
+def rig(
+    daemon: Daemon,
+    settings: Settings,
+    model_server: ModelServer,
+    git_repo: Path,
+    agent_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Rig:
     """Agents run for real; the daemon's gateway forwards to the model server on 127.0.0.1
     (an address no container can reach) and no credential comes from the environment or
     the machine's own ``~/.codex``: each test configures the one it means."""
@@ -85,15 +127,10 @@ def through_gateway(
     settings.agents.openai_base_url = f"{model_server.url}/v1"
     settings.agents.chatgpt_base_url = f"{model_server.url}/backend-api"
     settings.credentials.codex_auth_file = ""
-    return settings
+    return Rig(settings, model_server, git_repo, agent_image, daemon)
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def environment(container_id: str) -> dict[str, str]:
-    entries = container_state(container_id)["Config"]["Env"]
-    return dict(entry.split("=", 1) for entry in entries)
 
 
 def networks(container_id: str) -> set[str]:
@@ -123,7 +160,7 @@ async def assert_nothing_real(
 ) -> dict[str, str]:
     """No real secret in the container's environment, in any of its processes'
     environments, nor in any file of the agent home; returns the environment."""
-    env = environment(container_id)
+    env = container_environment(container_id)
     for name, value in env.items():
         for secret in secrets:
             assert secret not in value, f"{name} holds a real credential"
@@ -246,29 +283,14 @@ def refusal(body: str) -> str:
 # --- Claude Code ---------------------------------------------------------------------
 
 
-async def test_claude_with_an_api_key_never_holds_it(
-    daemon: Daemon,
-    through_gateway: Settings,
-    git_repo: Path,
-    agent_image: str,
-    model_server: ModelServer,
-) -> None:
-    settings = through_gateway
-    settings.agents.anthropic_api_key = SecretStr(REAL_ANTHROPIC_KEY)
-    model_server.script(Text("hello through the gateway"))
-    client = await daemon(settings)
-    session = await create_running(
-        client, git_repo, image=agent_image, no_plan_mode=True, prompt="say hello", egress="none"
-    )
-    assert session["status"] == "running", session
-    events = await subscribed(client, session["id"])
-    await assistant_says(events, "hello through the gateway")
+async def test_claude_with_an_api_key_never_holds_it(rig: Rig) -> None:
+    rig.settings.agents.anthropic_api_key = SecretStr(REAL_ANTHROPIC_KEY)
+    client, session = await rig.answered("hello through the gateway", **CLAUDE, prompt="say hello")
 
-    calls = model_calls(model_server, "/v1/messages")
-    assert calls, model_server.log
+    calls = rig.calls("/v1/messages")
     assert {call.headers.get("x-api-key") for call in calls} == {REAL_ANTHROPIC_KEY}
     cid = session["container_id"]
-    env = await assert_nothing_real(settings, session["id"], cid, REAL_ANTHROPIC_KEY)
+    env = await rig.assert_nothing_real(session, REAL_ANTHROPIC_KEY)
     assert env["ANTHROPIC_API_KEY"]  # a placeholder stands in
     assert env["ANTHROPIC_BASE_URL"].endswith("/anthropic")
     assert "CLAUDE_CODE_OAUTH_TOKEN" not in env
@@ -280,32 +302,16 @@ async def test_claude_with_an_api_key_never_holds_it(
     assert REAL_ANTHROPIC_KEY not in await answered.text()
 
 
-async def test_claude_with_a_subscription_token_never_holds_it(
-    daemon: Daemon,
-    through_gateway: Settings,
-    git_repo: Path,
-    agent_image: str,
-    model_server: ModelServer,
-) -> None:
-    settings = through_gateway
-    assert not settings.agents.anthropic_api_key.get_secret_value()
-    settings.credentials.claude_oauth_token = SecretStr(REAL_OAUTH)
-    model_server.script(Text("signed in through the gateway"))
-    client = await daemon(settings)
-    session = await create_running(
-        client, git_repo, image=agent_image, no_plan_mode=True, prompt="say hi", egress="none"
-    )
-    assert session["status"] == "running", session
-    events = await subscribed(client, session["id"])
-    await assistant_says(events, "signed in through the gateway")
+async def test_claude_with_a_subscription_token_never_holds_it(rig: Rig) -> None:
+    assert not rig.settings.agents.anthropic_api_key.get_secret_value()
+    rig.settings.credentials.claude_oauth_token = SecretStr(REAL_OAUTH)
+    _, session = await rig.answered("signed in through the gateway", **CLAUDE, prompt="say hi")
 
-    calls = model_calls(model_server, "/v1/messages")
-    assert calls, model_server.log
-    for call in calls:
+    for call in rig.calls("/v1/messages"):
         assert call.headers["Authorization"] == f"Bearer {REAL_OAUTH}"
         assert "oauth-2025-04-20" in call.headers["anthropic-beta"]
         assert "x-api-key" not in call.headers
-    env = await assert_nothing_real(settings, session["id"], session["container_id"], REAL_OAUTH)
+    env = await rig.assert_nothing_real(session, REAL_OAUTH)
     # The subscription's mode: the OAuth variable alone (an API key would turn it off).
     assert env["CLAUDE_CODE_OAUTH_TOKEN"].startswith("sk-ant-oat")
     assert "ANTHROPIC_API_KEY" not in env
@@ -314,31 +320,13 @@ async def test_claude_with_a_subscription_token_never_holds_it(
 # --- Codex ---------------------------------------------------------------------------
 
 
-async def test_codex_with_an_api_key_never_holds_it(
-    daemon: Daemon,
-    through_gateway: Settings,
-    git_repo: Path,
-    agent_image: str,
-    model_server: ModelServer,
-) -> None:
-    settings = through_gateway
-    settings.agents.openai_api_key = SecretStr(REAL_OPENAI_KEY)
-    model_server.script(Text("codex-through-the-gateway"))
-    client = await daemon(settings)
-    session = await create_running(
-        client, git_repo, image=agent_image, agent="codex", model=CODEX_MODEL,
-        prompt="say hi", egress="none",
-    )  # fmt: skip
-    assert session["status"] == "running", session
-    events = await subscribed(client, session["id"])
-    await assistant_says(events, "codex-through-the-gateway")
+async def test_codex_with_an_api_key_never_holds_it(rig: Rig) -> None:
+    rig.settings.agents.openai_api_key = SecretStr(REAL_OPENAI_KEY)
+    _, session = await rig.answered("codex-through-the-gateway", **CODEX, prompt="say hi")
 
-    calls = model_calls(model_server, "/v1/responses")
-    assert calls, model_server.log
+    calls = rig.calls("/v1/responses")
     assert {call.headers.get("Authorization") for call in calls} == {f"Bearer {REAL_OPENAI_KEY}"}
-    env = await assert_nothing_real(
-        settings, session["id"], session["container_id"], REAL_OPENAI_KEY
-    )
+    env = await rig.assert_nothing_real(session, REAL_OPENAI_KEY)
     assert env["OPENAI_API_KEY"]
     assert "ANTHROPIC_API_KEY" not in env
 
@@ -378,39 +366,23 @@ def chatgpt_auth_file(path: Path) -> str:
 
 
 async def test_codex_signed_in_with_chatgpt_holds_only_a_placeholder_sign_in(
-    daemon: Daemon,
-    through_gateway: Settings,
-    git_repo: Path,
-    agent_image: str,
-    model_server: ModelServer,
-    tmp_path: Path,
+    rig: Rig, tmp_path: Path
 ) -> None:
-    settings = through_gateway
     auth_file = tmp_path / "auth.json"
     access = chatgpt_auth_file(auth_file)
-    settings.credentials.codex_auth_file = str(auth_file)
-    model_server.script(Text("chatgpt-through-the-gateway"))
-    client = await daemon(settings)
-    session = await create_running(
-        client, git_repo, image=agent_image, agent="codex", model=CODEX_MODEL,
-        prompt="say hi", egress="none",
-    )  # fmt: skip
-    assert session["status"] == "running", session
-    events = await subscribed(client, session["id"])
-    await assistant_says(events, "chatgpt-through-the-gateway")
+    rig.settings.credentials.codex_auth_file = str(auth_file)
+    _, session = await rig.answered("chatgpt-through-the-gateway", **CODEX, prompt="say hi")
 
-    calls = model_calls(model_server, "/backend-api/codex/responses")
-    assert calls, [(r.method, r.path) for r in model_server.log]
-    for call in calls:
+    for call in rig.calls("/backend-api/codex/responses"):
         assert call.headers["Authorization"] == f"Bearer {access}"
         assert call.headers["chatgpt-account-id"] == REAL_ACCOUNT
-    assert model_calls(model_server, "/v1/responses") == []
+    assert model_calls(rig.model_server, "/v1/responses") == []
     # The TUI's workspace discovery is answered by the gateway for the placeholder's
     # account (it exits otherwise); the user's real account list never reaches it.
-    assert not [r for r in model_server.log if r.path.endswith("/accounts/check")]
+    assert not [r for r in rig.model_server.log if r.path.endswith("/accounts/check")]
     reals = (access, REAL_REFRESH, REAL_ACCOUNT, "e2eREAL")
     cid = session["container_id"]
-    env = await assert_nothing_real(settings, session["id"], cid, *reals)
+    env = await rig.assert_nothing_real(session, *reals)
     assert "OPENAI_API_KEY" not in env
     # The sign-in Codex reads in the container is the placeholder's, whole.
     seen = await asyncio.to_thread(docker_exec, cid, 'cat "$HOME/.codex/auth.json"')
@@ -427,25 +399,15 @@ async def test_codex_signed_in_with_chatgpt_holds_only_a_placeholder_sign_in(
 # --- a placeholder taken elsewhere ---------------------------------------------------
 
 
-async def test_a_stolen_placeholder_is_refused_and_dies_with_its_session(
-    daemon: Daemon,
-    through_gateway: Settings,
-    git_repo: Path,
-    agent_image: str,
-    model_server: ModelServer,
-) -> None:
-    settings = through_gateway
-    settings.agents.anthropic_api_key = SecretStr(REAL_ANTHROPIC_KEY)
-    client = await daemon(settings)
-    a, b = [
-        await create_running(
-            client, git_repo, image=agent_image, no_plan_mode=True, prompt="wait",
-            egress="none", name=name,
-        )
-        for name in ("session-a", "session-b")
-    ]  # fmt: skip
-    assert a["status"] == b["status"] == "running", (a, b)
-    a_env, b_env = environment(a["container_id"]), environment(b["container_id"])
+async def test_a_stolen_placeholder_is_refused_and_dies_with_its_session(rig: Rig) -> None:
+    rig.settings.agents.anthropic_api_key = SecretStr(REAL_ANTHROPIC_KEY)
+    model_server = rig.model_server
+    client, a = await rig.start(**CLAUDE, prompt="wait", name="session-a")
+    b = await rig.session(client, **CLAUDE, prompt="wait", name="session-b")
+    a_env, b_env = (
+        container_environment(a["container_id"]),
+        container_environment(b["container_id"]),
+    )
     a_key, a_url = a_env["ANTHROPIC_API_KEY"], a_env["ANTHROPIC_BASE_URL"]
     assert a_key != b_env["ANTHROPIC_API_KEY"]
     assert a_url == b_env["ANTHROPIC_BASE_URL"]  # one gateway on the sealed network
@@ -485,24 +447,13 @@ async def test_a_stolen_placeholder_is_refused_and_dies_with_its_session(
 # --- budgets -------------------------------------------------------------------------
 
 
-async def test_a_budget_reached_mid_stream_stops_the_agent_until_raised(
-    daemon: Daemon,
-    through_gateway: Settings,
-    git_repo: Path,
-    agent_image: str,
-    model_server: ModelServer,
-) -> None:
-    settings = through_gateway
-    settings.agents.anthropic_api_key = SecretStr(REAL_ANTHROPIC_KEY)
+async def test_a_budget_reached_mid_stream_stops_the_agent_until_raised(rig: Rig) -> None:
+    rig.settings.agents.anthropic_api_key = SecretStr(REAL_ANTHROPIC_KEY)
+    model_server = rig.model_server
     thinking = Hold()
     first = "the first answer arrives whole although it overspends the budget"
     model_server.script(thinking, Text(first), Text("after the raise"))
-    client = await daemon(settings)
-    session = await create_running(
-        client, git_repo, image=agent_image, no_plan_mode=True, prompt="spend", egress="none",
-        max_tokens=50,
-    )  # fmt: skip
-    assert session["status"] == "running", session
+    client, session = await rig.start(**CLAUDE, prompt="spend", max_tokens=50)
     sid = session["id"]
     events = await subscribed(client, sid)
     viewer: Screen = await open_console(client, sid, "cols=400&rows=50")
@@ -544,23 +495,15 @@ async def test_a_budget_reached_mid_stream_stops_the_agent_until_raised(
 
 
 async def test_an_allowlist_session_reaches_only_listed_hosts_through_the_proxy(
-    daemon: Daemon,
-    through_gateway: Settings,
-    git_repo: Path,
-    agent_image: str,
-    model_server: ModelServer,
+    rig: Rig,
 ) -> None:
-    settings = through_gateway
-    settings.agents.anthropic_api_key = SecretStr(REAL_ANTHROPIC_KEY)
+    rig.settings.agents.anthropic_api_key = SecretStr(REAL_ANTHROPIC_KEY)
+    model_server = rig.model_server
     # A listed host the proxy resolves on the host: the model server's loopback port.
-    settings.egress.allowed_hosts = [f"localhost:{model_server.port}"]
-    client = await daemon(settings)
-    session = await create_running(
-        client, git_repo, image=agent_image, no_plan_mode=True, prompt="hi", egress="allowlist"
-    )
-    assert session["status"] == "running", session
+    rig.settings.egress.allowed_hosts = [f"localhost:{model_server.port}"]
+    _, session = await rig.start(**CLAUDE, prompt="hi", egress="allowlist")
     cid = session["container_id"]
-    env = environment(cid)
+    env = container_environment(cid)
     assert networks(cid) == {SEALED}
     proxy = env["HTTPS_PROXY"]
     assert env["https_proxy"] == env["HTTP_PROXY"] == proxy

@@ -299,18 +299,24 @@ async def test_an_unknown_peer_is_refused(proxy_at: ProxyFactory, echo_server: i
     assert proxy.guard.asked == ["127.0.0.1"]  # type: ignore[attr-defined]
 
 
+async def forwarded(proxy_at: ProxyFactory, http_server: HttpServer, head: str) -> Any:
+    """What the listed HTTP server saw of ``head`` sent through a proxy that allows it."""
+    _, port = await proxy_at([f"localhost:{http_server.port}"], client_of())
+    answer, body = await ask(port, head.encode())
+    assert answer.startswith(b"HTTP/1.1 200")
+    return json.loads(body)
+
+
 async def test_absolute_form_get_is_forwarded_in_origin_form(
     proxy_at: ProxyFactory, http_server: HttpServer
 ) -> None:
-    _, port = await proxy_at([f"localhost:{http_server.port}"], client_of())
-    answer, body = await ask(
-        port,
+    seen = await forwarded(
+        proxy_at,
+        http_server,
         f"GET http://localhost:{http_server.port}/simple/pkg/?v=1 HTTP/1.1\r\n"
         f"Host: localhost:{http_server.port}\r\nProxy-Connection: keep-alive\r\n"
-        "Proxy-Authorization: Basic c2VjcmV0\r\nUser-Agent: pip\r\n\r\n".encode(),
+        "Proxy-Authorization: Basic c2VjcmV0\r\nUser-Agent: pip\r\n\r\n",
     )
-    assert answer.startswith(b"HTTP/1.1 200")
-    seen = json.loads(body)
     assert seen["path"] == "/simple/pkg/?v=1"
     assert seen["headers"]["user-agent"] == "pip"
     assert seen["headers"]["connection"] == "close"
@@ -321,14 +327,13 @@ async def test_absolute_form_get_is_forwarded_in_origin_form(
 async def test_a_post_body_sent_with_the_head_reaches_the_host(
     proxy_at: ProxyFactory, http_server: HttpServer
 ) -> None:
-    _, port = await proxy_at([f"localhost:{http_server.port}"], client_of())
-    answer, body = await ask(
-        port,
+    seen = await forwarded(
+        proxy_at,
+        http_server,
         f"POST http://localhost:{http_server.port}/upload HTTP/1.1\r\nHost: localhost\r\n"
-        "Content-Length: 5\r\n\r\nhello".encode(),
+        "Content-Length: 5\r\n\r\nhello",
     )
-    assert answer.startswith(b"HTTP/1.1 200")
-    assert json.loads(body)["headers"]["content-length"] == "5"
+    assert seen["headers"]["content-length"] == "5"
 
 
 async def test_an_oversized_or_malformed_head_is_refused(proxy_at: ProxyFactory) -> None:

@@ -10,56 +10,44 @@ subscription token, a bad Codex key and then a Codex ``auth.json`` into the pane
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Page, expect
 
-from daemon.app import create_app
 from daemon.credentials.models import mask
 from daemon.settings import Settings
 from tests import ui_helpers
-from tests.model_server import BAD_KEY, ModelServer
+from tests.model_server import BAD_KEY, ModelServer, model_server_fixture
 from tests.test_credentials import OAUTH, signin
-from tests.ui_helpers import PageProblems, UiServer, new_page, shot
+from tests.ui_helpers import PageProblems, UiServer, shot
 
 web_dist = ui_helpers.web_dist
 ui_browser = ui_helpers.ui_browser
+ui_server = ui_helpers.ui_server
+ui_problems = ui_helpers.ui_problems
+ui_page = ui_helpers.ui_page
+__all__ = ["model_server_fixture"]  # the fixture is used by name
 pytestmark = [pytest.mark.browser]
 
 
 @pytest.fixture
-async def panel(
-    aiohttp_server: Any,
-    aiohttp_client: Any,
+def settings(
+    settings: Settings,
+    model_server: ModelServer,
     tmp_path: Path,
-    web_dist: Path,
-    ui_browser: Browser,
     monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[tuple[UiServer, Page, PageProblems]]:
+) -> Settings:
+    """The usual test settings, with the scripted model server as every provider and no
+    credential from the environment or the machine's ``~/.codex``."""
     for name in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    async with ModelServer() as models:
-        settings = Settings.model_validate(
-            {
-                "data_dir": str(tmp_path / "data"),
-                "docker": {"default_image": "corral-test-unbuilt:none", "network_mode": "none"},
-                "agents": {
-                    "anthropic_base_url": models.url,
-                    "openai_base_url": f"{models.url}/v1",
-                    "chatgpt_base_url": f"{models.url}/v1",  # accounts/check: 404, unreachable
-                },
-                "credentials": {"codex_auth_file": str(tmp_path / "no-auth.json")},
-            }
-        )
-        app = create_app(settings)
-        server = await aiohttp_server(app, host="127.0.0.1")
-        ui = UiServer(app=app, port=server.port, client=await aiohttp_client(server))
-        problems = PageProblems()
-        page = await new_page(ui_browser, ui, problems)
-        yield ui, page, problems
+    settings.agents.anthropic_base_url = model_server.url
+    settings.agents.openai_base_url = f"{model_server.url}/v1"
+    settings.agents.chatgpt_base_url = f"{model_server.url}/v1"  # accounts/check: 404, unreachable
+    settings.credentials.codex_auth_file = str(tmp_path / "no-auth.json")
+    return settings
 
 
 async def entries(ui: UiServer) -> dict[str, dict[str, Any]]:
@@ -79,9 +67,9 @@ async def paste(page: Page, agent: str, text: str) -> None:
 
 
 async def test_add_check_replace_and_remove_from_the_panel(
-    panel: tuple[UiServer, Page, PageProblems],
+    ui_server: UiServer, ui_page: Page, ui_problems: PageProblems
 ) -> None:
-    ui, page, problems = panel
+    ui, page, problems = ui_server, ui_page, ui_problems
     await page.goto("/#/system")
     claude = page.locator('.credential[data-agent="claude"]')
     codex = page.locator('.credential[data-agent="codex"]')

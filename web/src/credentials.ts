@@ -7,6 +7,7 @@
  */
 
 import { api, request } from "./api";
+import { checkLine } from "./checkline";
 import { h, relativeTime, replace, uid } from "./dom";
 import { confirmDialog, showError, showInfo } from "./ui";
 
@@ -107,7 +108,6 @@ export function credentialsPanel(onChange: () => void = () => {}): HTMLElement {
   function item(entry: CredentialEntry): HTMLLIElement {
     const name = AGENT_NAMES[entry.agent];
     const { state, mark, spoken } = STATES[entry.status];
-    const titleId = uid("credential");
     const facts: (string | HTMLElement)[] = [];
     if (entry.kind) {
       facts.push(KIND_NAMES[entry.kind], " ", h("code", { class: "masked" }, entry.masked ?? ""));
@@ -197,36 +197,28 @@ export function credentialsPanel(onChange: () => void = () => {}): HTMLElement {
       );
     });
 
-    return h(
-      "li",
+    return checkLine(
       {
-        class: "check credential",
-        "data-agent": entry.agent,
-        "data-status": entry.status,
-        "data-state": state,
-        "aria-labelledby": titleId,
+        attrs: {
+          class: "check credential",
+          "data-agent": entry.agent,
+          "data-status": entry.status,
+        },
+        state,
+        mark,
+        spoken,
+        title: name,
       },
-      h("span", { class: "check-mark", "aria-hidden": "true" }, mark),
+      entry.kind ? h("p", { class: "credential-facts" }, facts) : null,
+      h("p", { class: "check-summary credential-message" }, `${entry.message}${checked}`),
       h(
         "div",
-        { class: "check-body" },
-        h(
-          "p",
-          { class: "check-title", id: titleId },
-          h("span", { class: "visually-hidden" }, `${spoken}: `),
-          h("strong", null, name),
-        ),
-        entry.kind ? h("p", { class: "credential-facts" }, facts) : null,
-        h("p", { class: "check-summary credential-message" }, `${entry.message}${checked}`),
-        h(
-          "div",
-          { class: "check-fix credential-actions" },
-          entry.kind ? check : null,
-          edit,
-          entry.stored ? remove : null,
-        ),
-        form,
+        { class: "check-fix credential-actions" },
+        entry.kind ? check : null,
+        edit,
+        entry.stored ? remove : null,
       ),
+      form,
     );
   }
 

@@ -11,6 +11,7 @@
  */
 
 import { ApiError, api } from "./api";
+import { checkLine } from "./checkline";
 import { credentialsPanel } from "./credentials";
 import { h, replace, uid } from "./dom";
 import type { SystemCheck, SystemStatus } from "./types";
@@ -128,7 +129,6 @@ async function copyText(text: string, code: HTMLElement, button: HTMLButtonEleme
 
 function checkItem(check: SystemCheck, state: CheckState): HTMLLIElement {
   const label = checkLabel(check.name);
-  const titleId = uid("check");
   let fix: HTMLElement | null = null;
   // While the image builds its fix (the command that builds it) is not for the user to run.
   if (check.fix && (state === "fail" || state === "warn")) {
@@ -141,23 +141,10 @@ function checkItem(check: SystemCheck, state: CheckState): HTMLLIElement {
     copy.addEventListener("click", () => void copyText(check.fix ?? "", code, copy));
     fix = h("div", { class: "check-fix" }, h("span", { class: "fix-label" }, "Fix:"), code, copy);
   }
-  const { mark, spoken } = MARKS[state];
-  return h(
-    "li",
-    { class: "check", "data-check": check.name, "data-state": state, "aria-labelledby": titleId },
-    h("span", { class: "check-mark", "aria-hidden": "true" }, mark),
-    h(
-      "div",
-      { class: "check-body" },
-      h(
-        "p",
-        { class: "check-title", id: titleId },
-        h("span", { class: "visually-hidden" }, `${spoken}: `),
-        h("strong", null, label),
-      ),
-      h("p", { class: "check-summary" }, check.summary),
-      fix,
-    ),
+  return checkLine(
+    { attrs: { "data-check": check.name }, state, ...MARKS[state], title: label },
+    h("p", { class: "check-summary" }, check.summary),
+    fix,
   );
 }
 

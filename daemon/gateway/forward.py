@@ -207,12 +207,15 @@ class Forwarder:
                 ):
                     await _copy(response, upstream.content, tap, outcome)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                # The upstream broke mid-answer: the status is sent, so the agent sees
-                # a cut stream (which the CLIs retry); the log says why.
+                # The upstream broke mid-answer. The status is sent; the agent must see a
+                # cut stream (which the CLIs retry), not an answer that merely ends: its
+                # connection is aborted, so the chunked body never gets its last chunk.
                 outcome.error = True
                 log.warning("gateway_upstream_broke", provider=provider, reason=_reason(exc))
                 upstream.close()
-                return response
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("the provider's answer broke off") from exc
             await response.write_eof()
             return response
         except ConnectionResetError:

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -40,6 +41,7 @@ from tests.conftest import (
 )
 from tests.model_server import Hold, ModelServer, Text, model_server_fixture
 from tests.test_console import Screen, open_console
+from tests.test_egress import NODE_CONNECT, in_container
 from tests.test_events import Events, connect
 
 __all__ = ["model_server_fixture"]  # the fixture is used by name
@@ -214,46 +216,11 @@ req.setTimeout(10000, () => req.destroy(new Error('timeout')));
 req.end(body);
 """
 
-# Runs in a container: CONNECT through the proxy in $HTTPS_PROXY, then (when let through)
-# one plain HTTP request in the tunnel; prints everything the proxy and the far end sent.
-NODE_TUNNEL = """
-const net = require('net');
-const proxy = new URL(process.env.HTTPS_PROXY);
-const [target] = process.argv.slice(1);
-const s = net.connect(+proxy.port, proxy.hostname);
-let out = ''; let sent = false;
-s.setTimeout(10000, () => { process.stdout.write(out + 'TIMEOUT'); process.exit(0); });
-s.on('error', e => { process.stdout.write(out + 'ERROR ' + e.code); process.exit(0); });
-s.on('connect', () => s.write(`CONNECT ${target} HTTP/1.1\\r\\nHost: ${target}\\r\\n\\r\\n`));
-s.on('data', d => {
-  out += d.toString('latin1');
-  if (!sent && out.startsWith('HTTP/1.1 200') && out.includes('\\r\\n\\r\\n')) {
-    sent = true;
-    s.write('GET /v1/models HTTP/1.0\\r\\nHost: x\\r\\nAuthorization: Bearer y\\r\\n\\r\\n');
-  }
-});
-s.on('close', () => { process.stdout.write(out); process.exit(0); });
-"""
-
-
-async def node_in(container_id: str, script: str, *args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        "docker", "exec", container_id, "node", "-e", script, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(30):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode == 0, err.decode()
-    return out.decode()
+MODELS_REQUEST = "GET /v1/models HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer y\r\n\r\n"
 
 
 async def post_from(container_id: str, base_url: str, key: str) -> tuple[int, str]:
-    answer = json.loads(await node_in(container_id, NODE_REQUEST, base_url, key))
+    answer = json.loads(await in_container(container_id, NODE_REQUEST, base_url, key))
     return int(answer["status"]), str(answer["body"])
 
 
@@ -511,9 +478,13 @@ async def test_an_allowlist_session_reaches_only_listed_hosts_through_the_proxy(
     assert proxy.startswith(f"http://{gateway_host}:")  # the host's address on the network
     assert gateway_host in env["NO_PROXY"].split(",")  # the gateway is not proxied
 
-    out = await node_in(cid, NODE_TUNNEL, "example.com:443")
+    # CONNECT through the proxy the agent is told of, then (when let through) one plain
+    # HTTP request in the tunnel: everything the proxy and the far end sent.
+    through = urlsplit(proxy)
+    tunnel = (NODE_CONNECT, str(through.hostname), str(through.port))
+    out = await in_container(cid, *tunnel, "example.com:443", MODELS_REQUEST)
     assert out.startswith("HTTP/1.1 403"), out
     assert "egress.allowed_hosts" in out, out
-    listed = await node_in(cid, NODE_TUNNEL, f"localhost:{model_server.port}")
+    listed = await in_container(cid, *tunnel, f"localhost:{model_server.port}", MODELS_REQUEST)
     assert listed.startswith("HTTP/1.1 200"), listed
     assert "scripted-model" in listed, listed  # the far end answered through the tunnel

@@ -135,7 +135,10 @@ class Api:
         self.made: list[str] = []
 
     async def post(self, name: str) -> str:
-        payload = {"repo_path": str(self.repo), "prompt": "x", "name": name}
+        # egress "open" keeps the daemon's container on network none, as the raw baseline's:
+        # the default (allowlist) puts it on corral's sealed bridge, whose veth set-up is
+        # the engine's cost, not corral's.
+        payload = {"repo_path": str(self.repo), "prompt": "x", "name": name, "egress": "open"}
         status, body = await api(self.http, "POST", f"{self.base}/api/sessions", json=payload)
         if status != 201:
             raise ApiError(f"POST /api/sessions: {status} {body}")

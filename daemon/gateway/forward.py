@@ -13,6 +13,9 @@ reaches the agent byte for byte.
 Errors the gateway itself answers are in the provider's own shape, so the agent CLI shows
 their message: Anthropic ``{"type": "error", "error": {"type", "message"}}``, OpenAI
 ``{"error": {"type", "code", "message"}}``.
+
+Over 400 lines for the relay (:class:`_Relay`), whose hold-back, watchdog and hand-back
+to aiohttp are one piece of state; the rest is the plain path it falls back to.
 """
 
 from __future__ import annotations

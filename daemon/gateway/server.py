@@ -19,6 +19,9 @@ The statuses of the gateway's own refusals were chosen with the real CLIs (Claud
 2.1.197, Codex 0.169.0; docs/decisions.md, "Credentials: Gateway"): both show a 400's
 message to the user at once, while they retry 409, 429 and 5xx for seconds (Codex) to
 minutes (Claude Code) before saying anything.
+
+Over 400 lines for the endpoint table and the workspace answer, which belong with the
+handler that applies them.
 """
 
 from __future__ import annotations

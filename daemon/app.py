@@ -36,6 +36,7 @@ from daemon.credentials.service import Credentials
 from daemon.gateway.egress import EgressProxy
 from daemon.gateway.server import ModelGateway
 from daemon.http.handlers import (  # noqa: F401 - they register routes
+    changes,
     credentials,
     files,
     sessions,
@@ -61,6 +62,7 @@ from daemon.keys import (
 from daemon.resources import web_dist
 from daemon.settings import Settings
 from daemon.supervise.agent_watch import AgentWatcher
+from daemon.supervise.changes_watch import ChangesWatcher
 from daemon.supervise.image_build import ImageWatch
 from daemon.supervise.reconcile import Reconciler
 from ws.connection import OpenSockets
@@ -205,6 +207,8 @@ async def _supervise_ctx(app: web.Application) -> AsyncIterator[None]:
     store, hub, tasks = app[STORE], app[HUB], app[TASKS]
     watcher = AgentWatcher(app[MANAGER], store=store, hub=hub, tasks=tasks)
     watcher.start()
+    changes_watcher = ChangesWatcher(app[MANAGER], hub=hub, tasks=tasks)
+    changes_watcher.start()
     reconciler = Reconciler(
         app[MANAGER], app[SETTINGS], store=store, hub=hub, consoles=app[CONSOLES], tasks=tasks
     )
@@ -215,6 +219,7 @@ async def _supervise_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await reconciler.close()
     await watcher.close()
+    await changes_watcher.close()
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:

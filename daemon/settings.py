@@ -331,6 +331,23 @@ class EventsSettings(Section):
     )
 
 
+class ChangesSettings(Section):
+    max_files_per_page: int = Field(
+        500, ge=1, le=5000, description="Files in one page of a session's diff, by default."
+    )
+    max_patch_bytes: int = Field(
+        1024 * 1024, ge=1024, description="A file whose patch is larger is summarised, not sent."
+    )
+    max_total_patch_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="The whole diff as a patch, at most (else 413)."
+    )
+    big_file_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Files larger are never read whole for a diff: counted as binary.",
+    )
+
+
 class ReconcileSettings(Section):
     interval_seconds: float = Field(
         30.0, gt=0, description="Seconds between periodic passes over every session."
@@ -432,6 +449,7 @@ class Settings(BaseSettings):
     usage: UsageSettings = Field(default_factory=UsageSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
+    changes: ChangesSettings = Field(default_factory=ChangesSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

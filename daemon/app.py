@@ -39,6 +39,7 @@ from daemon.http.handlers import (  # noqa: F401 - they register routes
     changes,
     credentials,
     files,
+    landing,
     sessions,
     system,
     usage,

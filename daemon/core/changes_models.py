@@ -106,6 +106,7 @@ MergeRefusalReason = Literal[
     "target_moved",
     "not_fast_forward",
     "nothing_to_merge",
+    "branch_moved",
 ]
 
 
@@ -126,6 +127,31 @@ class MergeResult(ApiModel):
         None, description="The user's worktree of the target, updated to the merge."
     )
     kept: str = Field(description="What the merge keeps, in a sentence, for the user.")
+    branch_head: str | None = Field(
+        None, description="The session's commit merged (with its uncommitted work, if asked)."
+    )
+    uncommitted: list[str] = Field(
+        default_factory=list,
+        description="The session's uncommitted files (git status lines), first 50.",
+    )
+    committed_uncommitted: str | None = Field(
+        None, description="The commit made of the session's uncommitted work on its branch."
+    )
+    target_worktree: str | None = Field(
+        None, description="The worktree where the target is checked out with local changes."
+    )
+
+
+class AskAgentRequest(ApiModel):
+    strategy: Strategy = "merge"
+    repository: str | None = None
+    target_branch: str | None = Field(None, min_length=1)
+
+
+class AskAgentResult(ApiModel):
+    sent: bool
+    message: str = Field(description="What the agent was sent.")
+    conflicts: list[str] = Field(default_factory=list)
 
 
 class PushRequest(ApiModel):

@@ -216,7 +216,8 @@ def test_codex_chatgpt_sign_in_is_a_placeholder_auth_file(tmp_path: Path) -> Non
     parsed = tomllib.loads((tmp_path / ".codex" / "config.toml").read_text())
     assert parsed["chatgpt_base_url"] == "http://172.17.0.1:7/chatgpt/"
     provider = parsed["model_providers"]["corral"]
-    assert provider["requires_openai_auth"] is True and "env_key" not in provider
+    assert provider["requires_openai_auth"] is True
+    assert "env_key" not in provider
     auth = json.loads((tmp_path / ".codex" / "auth.json").read_text())
     assert auth["tokens"]["access_token"] == "eyJ.eyJ.placeholder"
     assert "acct-real" not in json.dumps(auth)  # the gateway sends the real account

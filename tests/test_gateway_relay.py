@@ -170,6 +170,11 @@ async def test_an_agent_gone_while_held_back_closes_the_upstream(
     assert not forward._RELAYS
 
 
+async def _read_into(response: aiohttp.ClientResponse, got: bytearray) -> None:
+    async for chunk in response.content.iter_any():
+        got += chunk
+
+
 async def test_a_silent_upstream_times_out_by_the_watchdog(
     tmp_path: Path, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,9 +189,7 @@ async def test_a_silent_upstream_times_out_by_the_watchdog(
             # half an answer for a whole one.
             got = bytearray()
             with pytest.raises(aiohttp.ClientPayloadError):
-                async with asyncio.timeout(3):
-                    async for chunk in response.content.iter_any():
-                        got += chunk
+                await asyncio.wait_for(_read_into(response, got), 3)
             assert bytes(got) == START + DELTA
             await asyncio.wait_for(upstream.broken.wait(), 5)
         finally:

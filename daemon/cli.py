@@ -1,6 +1,7 @@
 """The ``corral`` command: ``corral serve`` starts the daemon; ``corral attach`` joins a
 session; ``corral doctor`` checks what the daemon's main job needs, each with its fix;
-``corral login`` gives the daemon an agent's credential."""
+``corral login`` gives the daemon an agent's credential; ``corral ls``, ``show``, ``diff``,
+``merge``, ``push`` and ``pr`` review and land sessions' work through the daemon's API."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from client import attach, login
+from client import attach, land, login, sessions_cli
 from daemon import __version__
 from daemon.auth.service import derive_rp_id
 from daemon.core.readiness import system_status
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     login.add_arguments(
         commands.add_parser("login", help="give the daemon Claude's or Codex's credential")
     )
+    sessions_cli.add_parsers(commands)  # ls, show
+    land.add_parsers(commands)  # diff, merge, push, pr
     doctor = commands.add_parser(
         "doctor", help="check the engine, agent image, keys, data dir and git, with fixes"
     )
@@ -189,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         return attach.run(args)
     if args.command == "login":
         return login.run(args)
+    handler = getattr(args, "handler", None)
+    if handler is not None:  # the session commands (client/sessions_cli.py, client/land.py)
+        return int(handler(args))
     return 2  # unreachable: argparse requires a command
 
 

@@ -44,6 +44,7 @@ EXPECTED = {
     "startup_reattach.py": {"start_to_consoles_reattached"},
     "events_fanout.py": {"latency_p99_1000eps", "gaps_1000eps", "max_delivered_rate"},
     "events_replay.py": {"replay_10k"},
+    "diff.py": {"diff_first_page", "changes_event_latency"},
     "local_loop_lag.py": {"flood_read_tick_lateness_worst", "input_write_tick_lateness_worst"},
     "first_run.py": {"clone_to_answering", "image_build"},
     "gateway.py": {"ttft_p50", "ttft_p99", "stream_throughput", "cpu_50_streams"},

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from client.land import colour_patch, stat_lines
+from client.diffview import colour_patch, stat_lines
 from daemon.core.changes_models import (
     Checks,
     DiffTotals,

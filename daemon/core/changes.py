@@ -196,10 +196,14 @@ async def _ends(place: _Place, repo: Repository, timeout: float) -> tuple[str, s
     return out.strip(), head
 
 
-async def heads(repo: Repository, timeout: float) -> str | None:
-    """The branch's head commit; None when the branch or repository is gone."""
+async def heads(repo: Repository, timeout: float, dirs: GitDirs | None = None) -> str | None:
+    """The branch's head commit; None when the branch or repository is gone. ``dirs``: the
+    worktree's, already located (spares finding them again)."""
     try:
-        place = await _place(repo, timeout)
+        if dirs is not None:
+            place = _Place(dirs.repository_only(), dirs)
+        else:
+            place = await _place(repo, timeout)
         return await _commit_of(place, repo.branch_name, timeout)
     except GitError:
         return None

@@ -140,26 +140,30 @@ class ChangesWatcher:
         for gone in self._states.keys() - {r.id for r in running}:
             self._states.pop(gone)
         for record in running:
-            state = self._states.get(record.id)
-            if state is None:
+            if record.id not in self._states:
                 # New since start-up: its first totals are news.
                 self._states[record.id] = _State(dirty=True)
-                state = self._states[record.id]
-            await self._look(record, state, check_heads)
+        # One worker-thread hop for every session's stat calls.
+        watched = {r.id: self._watched_files(r, self._states[r.id]) for r in running}
+        stamps = await asyncio.to_thread(lambda: {k: _stamp_of(v) for k, v in watched.items()})
+        for record in running:
+            state = self._states[record.id]
+            await self._look(record, state, stamps[record.id], check_heads)
             now = asyncio.get_running_loop().time()
             if state.dirty and now - state.computed_at >= self.debounce_seconds:
                 await self._guarded(record, publish=True)
 
-    async def _look(self, record: SessionRecord, state: _State, check_heads: bool) -> None:
+    async def _look(
+        self, record: SessionRecord, state: _State, stamp: tuple[object, ...], check_heads: bool
+    ) -> None:
         """Mark the session dirty when its branch or index looks changed."""
-        stamp = await asyncio.to_thread(_stamp_of, self._watched_files(record, state))
         if stamp != state.stamp:
             state.stamp = stamp
             state.dirty = True
         if check_heads:
             timeout = self.manager.settings.sessions.git_timeout
             for repo in record.repositories:
-                head = await changes.heads(repo, timeout)
+                head = await changes.heads(repo, timeout, state.dirs.get(repo.mount_name))
                 if state.heads.get(repo.mount_name) != head:
                     state.heads[repo.mount_name] = head
                     state.dirty = True

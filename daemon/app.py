@@ -27,6 +27,7 @@ from daemon.core.access import Placeholders
 from daemon.core.agent_access import AccessPlanner
 from daemon.core.console import Consoles
 from daemon.core.gatekeeper import Gatekeeper
+from daemon.core.github import PullRequestStore
 from daemon.core.hub import EventHub
 from daemon.core.manager import SessionManager
 from daemon.core.store import Store
@@ -40,6 +41,7 @@ from daemon.http.handlers import (  # noqa: F401 - they register routes
     credentials,
     files,
     landing,
+    pull_requests,
     sessions,
     system,
     usage,
@@ -54,6 +56,7 @@ from daemon.keys import (
     HUB,
     LIST_CACHE,
     MANAGER,
+    PULL_REQUESTS,
     RECONCILER,
     SETTINGS,
     SOCKETS,
@@ -65,6 +68,7 @@ from daemon.settings import Settings
 from daemon.supervise.agent_watch import AgentWatcher
 from daemon.supervise.changes_watch import ChangesWatcher
 from daemon.supervise.image_build import ImageWatch
+from daemon.supervise.pull_requests import PullRequestWatcher
 from daemon.supervise.reconcile import Reconciler
 from ws.connection import OpenSockets
 from ws.console import console_socket
@@ -217,7 +221,12 @@ async def _supervise_ctx(app: web.Application) -> AsyncIterator[None]:
     app[RECONCILER] = reconciler
     # The default agent image, built when it is missing (now, or once the engine answers).
     ImageWatch(app[MANAGER].images, tasks).start()
+    # Open pull requests and their checks, refreshed and published as pull_request events.
+    app[PULL_REQUESTS] = PullRequestStore(app[SETTINGS].data_dir)
+    pull_watch = PullRequestWatcher(app[MANAGER], store=app[PULL_REQUESTS], hub=hub, tasks=tasks)
+    pull_watch.start()
     yield
+    await pull_watch.close()
     await reconciler.close()
     await watcher.close()
     await changes_watcher.close()

@@ -7,6 +7,7 @@ from aiohttp import web
 from backends.base import Backend
 from daemon.auth.service import Auth, Principal
 from daemon.core.console import Consoles
+from daemon.core.github import PullRequestStore
 from daemon.core.hub import EventHub
 from daemon.core.manager import SessionManager
 from daemon.core.store import Store
@@ -30,5 +31,6 @@ SOCKETS = web.AppKey("sockets", OpenSockets)
 AUTH = web.AppKey("auth", Auth)
 CREDENTIALS = web.AppKey("credentials", Credentials)
 GATEWAY = web.AppKey("gateway", ModelGateway)
+PULL_REQUESTS = web.AppKey("pull_requests", PullRequestStore)
 # Who signed a request in (set by the auth middleware when auth is on and it is valid).
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -297,6 +297,20 @@ class MetadataSettings(Section):
     timeout_seconds: float = Field(30.0, gt=0, description="Seconds before the model call fails.")
 
 
+class GitHubSettings(Section):
+    api_url: str = Field(
+        "https://api.github.com",
+        description="GitHub's REST API; a GitHub Enterprise one is https://<host>/api/v3.",
+    )
+    token: SecretStr = Field(
+        SecretStr(""),
+        description="Token for pull requests; empty: GITHUB_TOKEN, then `gh auth token`.",
+    )
+    refresh_seconds: float = Field(
+        60.0, gt=0, description="Seconds between refreshes of open pull requests and checks."
+    )
+
+
 class ConsoleSettings(Section):
     buffer_bytes: int = Field(
         1024 * 1024, ge=4096, description="Recent terminal output kept per session for redraws."
@@ -444,6 +458,7 @@ class Settings(BaseSettings):
     agents: AgentSettings = Field(default_factory=AgentSettings)
     credentials: CredentialSettings = Field(default_factory=CredentialSettings)
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)
+    github: GitHubSettings = Field(default_factory=GitHubSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     egress: EgressSettings = Field(default_factory=EgressSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)

@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 LIFECYCLE = frozenset(
     {"session_created", "session_status", "session_progress", "session_deleted",
-     "session_updated", "usage", "session_changes"}
+     "session_updated", "usage", "pull_request", "session_changes"}
 )  # fmt: skip
 MAX_CLIENT_FRAME = 64 * 1024
 REPLAY_PAGE = 1000

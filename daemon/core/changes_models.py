@@ -170,6 +170,9 @@ class PushResult(ApiModel):
 
 class PullRequestRequest(ApiModel):
     repository: str | None = None
+    remote: str | None = Field(
+        None, min_length=1, description="The GitHub remote; default: origin."
+    )
     title: str | None = Field(None, min_length=1, max_length=256)
     body: str | None = Field(None, max_length=65_536)
     draft: bool = False

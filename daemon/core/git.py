@@ -3,9 +3,10 @@
 A session's container can write into its worktree and into parts of the repository's
 ``.git`` (see ``daemon/core/git_mounts.py``). Host git therefore never executes anything such a
 container could have written: every call goes through :func:`run`, which turns off hooks,
-fsmonitor, system and global config, pagers, editors, prompts, transports and submodule
-recursion (carrying over only the user's ``safe.directory`` and excludes file), caps git's
-memory, and runs git as a subprocess on the event loop (never a shell, never a blocking
+fsmonitor, system and global config, pagers, editors, prompts, transports (all but the
+user's own push of a session's branch: ``transport="push"``) and submodule recursion
+(carrying over only the user's ``safe.directory`` and excludes file), caps git's memory,
+and runs git as a subprocess on the event loop (never a shell, never a blocking
 call), bounded by a timeout after which git and everything it started (hooks, aliases,
 credential helpers) are killed. Calls on a session's worktree name its git directories
 explicitly (:class:`GitDirs`, found by ``daemon/core/gitdirs.py``), never from the
@@ -25,6 +26,7 @@ import resource
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -33,6 +35,7 @@ __all__ = [
     "GIT_MEMORY_LIMIT",
     "GitDirs",
     "GitError",
+    "Transport",
     "failure",
     "reason",
     "run",
@@ -111,6 +114,25 @@ _SAFE_CONFIG = (
     ("safe.bareRepository", "explicit"),
 )
 _SAFE_ARGS = tuple(arg for key, value in _SAFE_CONFIG for arg in ("-c", f"{key}={value}"))
+
+# The one call that reaches a remote: ``git push`` of a session's branch, asked by the user
+# (daemon/core/push.py). It keeps every other setting above (no hooks: no pre-push hook
+# runs) and opens only what pushing needs: the file, ssh and https transports; ssh as the
+# user runs it (core.sshCommand left to the user's repository config, which containers
+# cannot write); and for https the credential helpers of the user's global config alone.
+Transport = Literal["push"]
+_PUSH_OPENED = frozenset(
+    {"core.sshCommand", "protocol.file.allow", "protocol.ssh.allow", "protocol.https.allow"}
+)
+_PUSH_ARGS = (
+    *(arg for key, value in _SAFE_CONFIG if key not in _PUSH_OPENED
+      for arg in ("-c", f"{key}={value}")),
+    *(arg for name in ("file", "ssh", "https") for arg in ("-c", f"protocol.{name}.allow=always")),
+    # Never into a submodule's repository, which a container may have written.
+    "-c", "push.recurseSubmodules=no",
+)  # fmt: skip
+_PUSH_CARRIED_KEYS = ("credential.helper",)
+_push_carried: tuple[str, ...] | None = None
 
 # Settings carried over from the user's own global and system config, which the clean
 # config above replaces: each is data (paths), never a program.
@@ -234,6 +256,27 @@ async def _carried_args() -> tuple[str, ...]:
     return _carried
 
 
+async def _push_carried_args() -> tuple[str, ...]:
+    """``-c`` arguments for the credential helpers of the user's global config, read once.
+
+    Only the global config's: a repository's own helper is dropped (``credential.helper=``
+    comes first and empties the list), so that only what the user set for themselves runs.
+    """
+    global _push_carried
+    if _push_carried is None:
+        args: list[str] = []
+        for key in _PUSH_CARRIED_KEYS:
+            try:
+                values = await _read_user_config("--global", key)
+            except (OSError, TimeoutError) as exc:
+                log.warning("git_user_config_unread", scope="--global", key=key, error=str(exc))
+                values = []
+            for value in values:
+                args += ["-c", f"{key}={value}"]
+        _push_carried = tuple(args)
+    return _push_carried
+
+
 def trim(text: str) -> str | None:
     """Git's stderr, stripped and bounded; None when it said nothing."""
     text = text.strip()
@@ -275,18 +318,29 @@ def _limit_memory(pid: int) -> None:
 
 
 async def run(
-    args: tuple[str, ...], cwd: str, timeout: float, dirs: GitDirs | None = None
+    args: tuple[str, ...],
+    cwd: str,
+    timeout: float,
+    dirs: GitDirs | None = None,
+    *,
+    transport: Transport | None = None,
 ) -> tuple[int, str, str]:
     """Run git; return (exit code, stdout, stderr). Raises GitError only when git cannot run.
 
     The one place the daemon starts git: every call gets the safe config and environment.
+    ``transport="push"`` (for ``git push`` only) opens what pushing needs; see _PUSH_ARGS.
     """
     command = args[0] if args else "git"
     carried = await _carried_args()
+    safe = _SAFE_ARGS
+    if transport == "push":
+        if command != "push":
+            raise GitError(f"transport 'push' is for git push, not git {command}")
+        safe = (*_PUSH_ARGS, *await _push_carried_args())
     try:
         proc = await asyncio.create_subprocess_exec(
             "git",
-            *_SAFE_ARGS,
+            *safe,
             *carried,
             *args,
             cwd=cwd,
@@ -346,14 +400,18 @@ def failure(args: tuple[str, ...], code: int, stderr: str) -> GitError:
 
 
 async def run_git(
-    *args: str, cwd: str, timeout: float = DEFAULT_TIMEOUT, dirs: GitDirs | None = None
+    *args: str,
+    cwd: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    dirs: GitDirs | None = None,
+    transport: Transport | None = None,
 ) -> str:
     """Run ``git *args`` in ``cwd`` and return its stdout, untouched.
 
     With ``dirs``, git uses exactly those directories instead of discovering them.
     Raises GitError (with git's stderr as ``details``) on a non-zero exit or a timeout.
     """
-    code, out, err = await run(args, cwd, timeout, dirs)
+    code, out, err = await run(args, cwd, timeout, dirs, transport=transport)
     if code != 0:
         raise failure(args, code, err)
     return out

@@ -3,6 +3,7 @@ through ``[github] api_url``; the branch is pushed to a real bare remote on disk
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from daemon.settings import Settings
 from daemon.supervise.pull_requests import PullRequestWatcher
 from tests.conftest import Daemon, create_running
 from tests.github_server import TOKEN, GitHubServer
+from tests.model_server import FAKE_API_KEY, ModelServer, Text
 
 
 def git(cwd: Path | str, *args: str) -> str:
@@ -258,3 +260,20 @@ async def test_token_sources(settings: Settings, tmp_path: Path, monkeypatch: An
     assert await github_token(settings, {"GITHUB_TOKEN": "env_token"}) == "env_token"
     settings.github.token = "configured"  # type: ignore[assignment]
     assert await github_token(settings, {"GITHUB_TOKEN": "env_token"}) == "configured"
+
+
+async def test_generate_has_the_metadata_model_write_title_and_body(
+    daemon: Daemon, pr_settings: Settings, github: GitHubServer, git_repo: Path, tmp_path: Path
+) -> None:
+    async with ModelServer(side_request=lambda body: False) as model:
+        pr_settings.metadata.ai_metadata = True
+        pr_settings.metadata.base_url = model.url
+        pr_settings.metadata.api_key = FAKE_API_KEY  # type: ignore[assignment]
+        client, session, _ = await pr_session(daemon, pr_settings, git_repo, tmp_path)
+        model.script(Text(json.dumps({"title": "Add  the feature", "body": "It adds a file."})))
+        await post_pr(client, session["id"], 201, generate=True)
+        (created,) = github.of("POST", "/pulls")
+        assert (created.body["title"], created.body["body"]) == ("Add the feature",
+                                                                 "It adds a file.")  # fmt: skip
+        (asked,) = model.requests
+        assert "Add the feature file" in json.dumps(asked)  # the commit subjects went along

@@ -25,6 +25,8 @@ from client.sessions_cli import (
     run_command,
 )
 from daemon.core.changes_models import (
+    AskAgentRequest,
+    AskAgentResult,
     MergeRequest,
     MergeResult,
     PullRequest,
@@ -60,12 +62,18 @@ def refusal_reason(result: MergeResult, branch: str) -> str:
         ),
         "conflicts": (
             f"{branch} conflicts with {target} in {len(result.conflicts)} "
-            f"file{'s' if len(result.conflicts) != 1 else ''}; ask the agent to rebase onto "
-            f"{target} and resolve them, then try again"
+            f"file{'s' if len(result.conflicts) != 1 else ''}; --ask-agent asks the agent to "
+            f"rebase onto {target} and resolve them, then try again"
         ),
         "target_dirty": (
-            f"{target} is checked out with local changes that updating it would overwrite; "
-            "commit or stash them there first"
+            f"{target} is checked out"
+            + (f" in {clean(result.target_worktree)}" if result.target_worktree else "")
+            + " with local changes that updating it would overwrite; commit or stash them "
+            "there first"
+        ),
+        "branch_moved": (
+            f"{branch} moved during the merge (the agent committed?); its new commits would "
+            "have been left out, so nothing was changed: try again"
         ),
         "target_moved": (
             f"{target} moved during the merge (it was {_short(result.target_before)}); its new "
@@ -95,6 +103,11 @@ def print_merge(result: MergeResult, branch: str) -> int:
         )
         if result.backup_ref:
             lines.append(f"backup of {target} before the merge: {clean(result.backup_ref)}")
+        if result.committed_uncommitted:
+            lines.append(
+                f"the session's uncommitted work was committed first: "
+                f"{_short(result.committed_uncommitted)}"
+            )
         if result.updated_checkout:
             lines.append(f"updated your checkout of {target}: {clean(result.updated_checkout)}")
     elif result.refusal is None:
@@ -104,6 +117,9 @@ def print_merge(result: MergeResult, branch: str) -> int:
     if result.conflicts:
         lines.append("conflicting files:")
         lines += [f"  {clean(path)}" for path in result.conflicts]
+    if result.uncommitted and not ok:
+        lines.append("uncommitted in the session (the merge would leave these out):")
+        lines += [f"  {clean(line)}" for line in result.uncommitted]
     if result.kept:
         lines.append(clean(result.kept))
     print("\n".join(lines))
@@ -117,7 +133,22 @@ def _branch_of(session: Mapping[str, Any], mount: str | None) -> str:
     return clean(session.get("branch_name", "the session's branch"))
 
 
+async def ask_agent(api: Api, args: argparse.Namespace) -> int:
+    """Hand what keeps the branch from merging to the agent, as a message."""
+    body = _body(
+        AskAgentRequest, strategy=args.strategy, repository=args.repository, target_branch=args.into
+    )
+    session = await api.resolve(args.session)
+    url = api.path("api", "sessions", str(session["id"]), "merge", "ask-agent")
+    sent = AskAgentResult.model_validate(await api.call("POST", url, body=body))
+    print(f"asked the agent to resolve {len(sent.conflicts)} conflicting files; it was sent:")
+    print("\n".join(f"  {clean(line)}" for line in sent.message.splitlines()))
+    return EXIT_OK
+
+
 async def merge(api: Api, args: argparse.Namespace) -> int:
+    if args.ask_agent:
+        return await ask_agent(api, args)
     body = _body(
         MergeRequest,
         strategy=args.strategy,
@@ -213,6 +244,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--commit-uncommitted", action="store_true", help="commit the session's changes first"
     )
     parser.add_argument("-m", "--message", help="the merge or squash commit's message")
+    parser.add_argument(
+        "--ask-agent",
+        action="store_true",
+        help="instead of merging: ask the agent to rebase and resolve the conflicts",
+    )
     parser.add_argument("--repository", metavar="MOUNT", help="default: the primary")
     add_connection(parser)
     parser.set_defaults(handler=_runner(merge))

@@ -337,7 +337,7 @@ async def show(api: Api, args: argparse.Namespace) -> int:
     lines = [
         ("id", session["id"]),
         ("name", session["name"]),
-        ("description", session.get("description") or ""),
+        ("description", session.get("description") or "-"),
         ("status", session["status"] + (" (archived)" if session.get("archived") else "")),
         ("health", session["health"]),
         ("agent", f"{session['agent']} ({session.get('agent_state', 'unknown')})"),
@@ -353,7 +353,8 @@ async def show(api: Api, args: argparse.Namespace) -> int:
         lines.append(
             (
                 "changes",
-                f"{totals['files']} files, +{totals['additions']} -{totals['deletions']}",
+                f"{totals['files']} file{'s' if totals['files'] != 1 else ''}, "
+                f"+{totals['additions']} -{totals['deletions']}",
             )
         )
     for pr in prs:

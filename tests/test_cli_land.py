@@ -22,6 +22,7 @@ from aiohttp import web
 
 from client.diffview import colour_patch, stat_lines
 from daemon.core.changes_models import (
+    AskAgentResult,
     Checks,
     DiffTotals,
     FileChange,
@@ -139,6 +140,49 @@ async def test_ls_and_show_against_the_daemon(client: Any, git_repo: Path) -> No
     status, out, _ = await corral("ls", "--all", "--url", url)
     assert "beta-two" in out
     assert "(archived)" in out
+
+
+async def test_diff_and_merge_against_the_daemon(client: Any, git_repo: Path, git: Any) -> None:
+    session = await create_running(client, git_repo, backend="local", name="lander")
+    url = str(client.make_url("")).rstrip("/")
+    worktree = Path(session["worktree_path"])
+    (worktree / "app.py").write_text("print('hi')\n")
+    git(worktree, "add", "app.py")
+    git(worktree, "commit", "-q", "-m", "add app")
+    (worktree / "notes.txt").write_text("not committed\n")
+
+    status, out, err = await corral("diff", "lander", "--url", url)
+    assert status == 0, err
+    assert "+++ b/app.py\n" in out
+    assert "+not committed\n" in out
+    assert ESC not in out
+    status, out, err = await corral("diff", "lander", "--stat", "--include=committed", "--url", url)
+    assert status == 0, err
+    assert out.splitlines() == [" app.py | 1 +", " 1 file changed, 1 insertion(+), 0 deletions(-)"]
+
+    # Uncommitted work is named and kept: refused, exit 1, nothing moved.
+    main_before = git(git_repo, "rev-parse", "main")
+    status, out, err = await corral("merge", "lander", "--url", url)
+    assert status == 1, err
+    assert "merge refused (merge): the session has uncommitted changes" in out
+    assert "notes.txt" in out
+    assert git(git_repo, "rev-parse", "main") == main_before
+
+    status, out, err = await corral("merge", "lander", "--commit-uncommitted", "--url", url)
+    assert status == 0, (out, err)
+    assert f"merged {session['branch_name']} into main (merge): {main_before[:12]} -> " in out
+    assert "refs/corral/backup/" in out
+    assert git(git_repo, "show", "main:app.py") == "print('hi')"
+    assert (git_repo / "notes.txt").read_text() == "not committed\n"  # the checkout followed
+
+    # A conflict: both sides change README.md; the dry run lists it, exit 1.
+    (worktree / "README.md").write_text("session's words\n")
+    git(worktree, "commit", "-q", "-am", "session edit")
+    (git_repo / "README.md").write_text("user's words\n")
+    git(git_repo, "commit", "-q", "-am", "user edit")
+    status, out, err = await corral("merge", "lander", "--dry-run", "--url", url)
+    assert status == 1, err
+    assert "conflicting files:\n  README.md\n" in out
 
 
 async def test_unreachable_daemon_is_one_line() -> None:
@@ -262,6 +306,14 @@ class Scripted:
         action = parts[3] if len(parts) > 3 else ""
         if action == "diff":
             return self.diff(request)
+        if action == "merge" and parts[4:] == ["ask-agent"]:
+            return web.json_response(
+                AskAgentResult(
+                    sent=True,
+                    message=f"Rebase onto {body['target_branch']} and resolve app.py",
+                    conflicts=["app.py"],
+                ).model_dump(mode="json")
+            )
         if action == "merge":
             return self.merge(body)
         if action == "push":
@@ -458,6 +510,16 @@ async def test_merge_verdicts(scripted: tuple[Scripted, str]) -> None:
     assert "merge refused (merge): corral/alpha conflicts with conflicted in 2 files" in out
     assert "  app.py\n  docs/guide.md\n" in out
     assert "Nothing was changed" in out
+
+    # What keeps it from merging goes to the agent in one call.
+    status, out, err = await corral(
+        "merge", "alpha", "--ask-agent", "--rebase", "--into", "dev", "--url", url
+    )
+    assert status == 0, err
+    assert fake.requests[-1][1] == f"/api/sessions/{SID_A}/merge/ask-agent"
+    assert fake.requests[-1][3] == {"strategy": "rebase", "target_branch": "dev"}
+    assert "asked the agent to resolve 1 conflicting files" in out
+    assert "  Rebase onto dev and resolve app.py" in out
 
     # Another 409 is an error line.
     status, out, err = await corral("merge", "alpha", "--into", "gone", "--url", url)

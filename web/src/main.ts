@@ -508,8 +508,8 @@ const SHORTCUTS: [string, string][] = [
   ["n", "New session"],
   ["/", "Filter the session list"],
   ["j / k", "Next / previous session"],
-  ["c / t / h", "Chat, terminal, health of the open session"],
-  ["Alt+1 / 2 / 3", "Chat, terminal, health (works inside the terminal too)"],
+  ["c / t / h / d", "Chat, terminal, health, changes (diff) of the open session"],
+  ["Alt+1 / 2 / 3 / 4", "Chat, terminal, health, changes (works inside the terminal too)"],
   ["Enter", "Send the message (Shift+Enter: new line)"],
   ["Ctrl+Enter", "Create the session (in the form)"],
   ["?", "This list"],
@@ -555,7 +555,7 @@ function openTab(tab: Tab): void {
 
 document.addEventListener("keydown", (event) => {
   if (event.defaultPrevented || document.querySelector("dialog[open]")) return;
-  if (event.altKey && !event.ctrlKey && !event.metaKey && ["1", "2", "3"].includes(event.key)) {
+  if (event.altKey && !event.ctrlKey && !event.metaKey && ["1", "2", "3", "4"].includes(event.key)) {
     const tab = TABS[Number(event.key) - 1];
     if (tab && current) {
       event.preventDefault();
@@ -572,6 +572,7 @@ document.addEventListener("keydown", (event) => {
     c: () => openTab("chat"),
     t: () => openTab("terminal"),
     h: () => openTab("health"),
+    d: () => openTab("changes"),
     "?": () => void showShortcuts(),
   };
   const action = actions[event.key];

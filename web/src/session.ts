@@ -1,6 +1,6 @@
 /**
  * One session's screen: its header (state, branch, repositories, progress, offered actions)
- * over three tabs, chat, terminal and health.
+ * over four tabs, chat, terminal, health and changes (changes.ts).
  *
  * The chat follows the session on the page's events socket: subscribe first (the answer
  * says the latest seq), then load the stored history, so nothing falls between the two;
@@ -11,6 +11,7 @@
 
 import { ACTION_ORDER, ACTIONS, actionClass, keepsText, runAction } from "./actions";
 import { api, errorMessage } from "./api";
+import { ChangesPanel } from "./changes";
 import { ChatLog } from "./chat";
 import { uploadFiles } from "./create";
 import { type Children, h, relativeTime, replace, uid } from "./dom";
@@ -31,14 +32,19 @@ import {
 } from "./ui";
 import { UsagePanel } from "./usage";
 
-export type Tab = "chat" | "terminal" | "health";
+export type Tab = "chat" | "terminal" | "health" | "changes";
 
 /** One term of a description list, kept together so the list can wrap pair by pair. */
 function fact(term: string, ...value: Children[]): HTMLElement {
   return h("div", { class: "fact" }, h("dt", null, term), h("dd", null, value));
 }
-export const TABS: Tab[] = ["chat", "terminal", "health"];
-const TAB_LABELS: Record<Tab, string> = { chat: "Chat", terminal: "Terminal", health: "Health" };
+export const TABS: Tab[] = ["chat", "terminal", "health", "changes"];
+const TAB_LABELS: Record<Tab, string> = {
+  chat: "Chat",
+  terminal: "Terminal",
+  health: "Health",
+  changes: "Changes",
+};
 
 export interface SessionContext {
   store: SessionStore;
@@ -57,6 +63,7 @@ export class SessionView {
   private readonly tabButtons = new Map<Tab, HTMLButtonElement>();
   private readonly panels = new Map<Tab, HTMLElement>();
   private readonly chat = new ChatLog();
+  private readonly changes: ChangesPanel;
   private readonly chatNote: HTMLElement;
   private readonly composer: HTMLFormElement;
   private readonly messageBox: HTMLTextAreaElement;
@@ -184,7 +191,7 @@ export class SessionView {
           { class: "term-bar" },
           this.termStatus,
           reconnect,
-          h("small", { class: "hint" }, "Alt+1/2/3 switch tabs from inside the terminal"),
+          h("small", { class: "hint" }, "Alt+1/2/3/4 switch tabs from inside the terminal"),
         ),
         this.termHost,
       );
@@ -194,6 +201,10 @@ export class SessionView {
     const recheck = h("button", { type: "button", class: "button plain small" }, "Check again");
     recheck.addEventListener("click", () => void this.loadHealth());
     this.panels.get("health")?.append(h("div", { class: "health-bar" }, recheck), this.healthBody);
+
+    // changes
+    this.changes = new ChangesPanel(sessionId, () => this.session);
+    this.panels.get("changes")?.append(this.changes.element);
 
     this.element = h(
       "article",
@@ -237,6 +248,8 @@ export class SessionView {
     if (tab === "terminal") this.showTerminal();
     if (tab === "chat") this.chat.scrollToEnd();
     if (tab === "health") void this.loadHealth();
+    if (tab === "changes") this.changes.show();
+    else this.changes.hide();
     if (focus) {
       if (tab === "terminal") this.terminal?.focus();
       else this.tabButtons.get(tab)?.focus();
@@ -247,6 +260,7 @@ export class SessionView {
     this.disposed = true;
     this.metadata.dispose();
     this.usagePanel.dispose();
+    this.changes.dispose();
     for (const stop of this.unsubscribers) stop();
     this.ctx.events.unsubscribeSession(this.sessionId);
     this.terminal?.dispose();
@@ -294,6 +308,7 @@ export class SessionView {
     }
     this.metadata.setAvailable(true);
     this.renderHeader(session);
+    this.changes.sessionChanged();
     this.usagePanel.setSession(session);
     const status = `${session.status}/${session.archived}/${session.health}`;
     if (status !== this.lastStatus) {
@@ -674,6 +689,10 @@ export class SessionView {
       if (event.usage) this.usagePanel.setTotals(event.usage);
       return;
     }
+    if (event.type === "session_changes" || event.type === "pull_request") {
+      this.changes.onEvent(event);
+      return;
+    }
     this.chat.add(event);
   }
 
@@ -726,8 +745,8 @@ export class SessionView {
         this.terminalState(state),
       );
       this.terminal.term.attachCustomKeyEventHandler((event) => {
-        // Alt+1/2/3 leave the terminal for another tab; everything else goes to the agent.
-        if (event.type === "keydown" && event.altKey && ["1", "2", "3"].includes(event.key)) {
+        // Alt+1/2/3/4 leave the terminal for another tab; everything else goes to the agent.
+        if (event.type === "keydown" && event.altKey && ["1", "2", "3", "4"].includes(event.key)) {
           return false;
         }
         return true;

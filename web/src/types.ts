@@ -157,6 +157,11 @@ export interface ServerEvent {
   result?: ToolResult;
   code?: string;
   details?: Record<string, unknown>;
+  /** ``session_changes``: the diff's totals and each repository's head. */
+  totals?: DiffTotals;
+  heads?: Record<string, string>;
+  /** ``pull_request``: the session's pull request as it is now. */
+  pull_request?: PullRequest;
 }
 
 export const CHAT_TYPES = new Set(["chat_message", "tool_call", "tool_result"]);
@@ -210,4 +215,149 @@ export interface SessionUsage {
     spent_tokens: number;
     exhausted: string | null;
   };
+}
+
+// --- review and land (daemon/core/changes_models.py) -----------------------------------
+
+export type FileStatus = "added" | "modified" | "deleted" | "renamed" | "copied" | "type_changed";
+export type DiffInclude = "all" | "committed" | "uncommitted";
+export type MergeStrategy = "merge" | "squash" | "rebase" | "fast-forward";
+export type MergeRefusalReason =
+  | "uncommitted_changes"
+  | "conflicts"
+  | "target_dirty"
+  | "target_moved"
+  | "not_fast_forward"
+  | "nothing_to_merge"
+  | "branch_moved";
+
+export interface DiffTotals {
+  files: number;
+  additions: number;
+  deletions: number;
+}
+
+export interface FileChange {
+  path: string;
+  old_path: string | null;
+  status: FileStatus;
+  additions: number;
+  deletions: number;
+  binary: boolean;
+  old_mode: string | null;
+  new_mode: string | null;
+  summarised: boolean;
+}
+
+export interface RepoDiff {
+  mount_name: string;
+  repo_path: string;
+  branch: string;
+  base_branch: string;
+  merge_base: string;
+  head_commit: string;
+  includes_uncommitted: boolean;
+  totals: DiffTotals;
+  files: FileChange[];
+  next_offset: number | null;
+}
+
+export interface SessionDiff {
+  session_id: string;
+  include: DiffInclude;
+  totals: DiffTotals;
+  repositories: RepoDiff[];
+}
+
+export interface Commit {
+  hash: string;
+  author_name: string;
+  author_email: string;
+  date: string;
+  subject: string;
+  body: string;
+  files: string[];
+}
+
+export interface RepoCommits {
+  mount_name: string;
+  branch: string;
+  base_branch: string;
+  commits: Commit[];
+  truncated: boolean;
+}
+
+export interface SessionCommits {
+  session_id: string;
+  repositories: RepoCommits[];
+}
+
+export interface MergeRequest {
+  strategy: MergeStrategy;
+  repository?: string | null;
+  target_branch?: string | null;
+  message?: string | null;
+  dry_run?: boolean;
+  commit_uncommitted?: boolean;
+}
+
+export interface MergeResult {
+  mount_name: string;
+  strategy: MergeStrategy;
+  target_branch: string;
+  dry_run: boolean;
+  clean: boolean;
+  conflicts: string[];
+  refusal: MergeRefusalReason | null;
+  target_before: string;
+  target_after: string | null;
+  backup_ref: string | null;
+  updated_checkout: string | null;
+  kept: string;
+  branch_head?: string | null;
+  /** The session's uncommitted files (git status lines), first 50. */
+  uncommitted?: string[];
+  committed_uncommitted?: string | null;
+  target_worktree?: string | null;
+}
+
+export interface AskAgentResult {
+  sent: boolean;
+  message: string;
+  conflicts: string[];
+}
+
+export interface PushResult {
+  mount_name: string;
+  remote: string;
+  branch: string;
+  commit: string;
+  output: string;
+}
+
+export interface PullRequestChecks {
+  state: "pending" | "success" | "failure" | "none";
+  total: number;
+  passed: number;
+  failed: number;
+  pending: number;
+}
+
+export interface PullRequest {
+  mount_name: string;
+  number: number;
+  url: string;
+  state: "open" | "closed" | "merged";
+  draft: boolean;
+  title: string;
+  head: string;
+  base: string;
+  checks: PullRequestChecks | null;
+  updated_at: string | null;
+}
+
+/** The ``session_changes`` event's body. */
+export interface ChangesTotals {
+  totals: DiffTotals;
+  heads: Record<string, string>;
 }

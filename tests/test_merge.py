@@ -253,6 +253,8 @@ async def test_uncommitted_work_is_refused_then_committed_when_asked(
     # The session's files are as they were: only read, never written.
     assert (worktree / "new.txt").read_text() == "untracked\n"
     assert (worktree / "done.txt").read_text() == "changed, not committed\n"
+    # And its git status is clean: the index follows the branch, not the old commit.
+    assert git(worktree, "status", "--porcelain") == ""
 
 
 async def test_target_checked_out_dirty_is_refused_and_nothing_moves(

@@ -37,6 +37,7 @@ __all__ = [
     "GitError",
     "Transport",
     "failure",
+    "read_user_config",
     "reason",
     "run",
     "run_git",
@@ -212,8 +213,9 @@ def _git_env(dirs: GitDirs | None = None) -> dict[str, str]:
     return env
 
 
-async def _read_user_config(scope: str, key: str) -> list[str]:
-    """Values of ``key`` in the user's own ``--global`` or ``--system`` config."""
+async def read_user_config(scope: str, key: str) -> list[str]:
+    """Values of ``key`` in the user's own ``--global`` or ``--system`` config (files only
+    the user writes; the clean config of :func:`run` hides them from every other call)."""
     # The user's own environment decides which files those are (GIT_CONFIG_GLOBAL too).
     env = {k: v for k, v in os.environ.items() if k not in _CONFIG_SOURCE_VARS}
     proc = await asyncio.create_subprocess_exec(
@@ -245,7 +247,7 @@ async def _carried_args() -> tuple[str, ...]:
         for key in _CARRIED_KEYS:
             for scope in ("--system", "--global"):
                 try:
-                    values = await _read_user_config(scope, key)
+                    values = await read_user_config(scope, key)
                 except (OSError, TimeoutError) as exc:
                     # Without them git still works, only stricter; say why.
                     log.warning("git_user_config_unread", scope=scope, key=key, error=str(exc))
@@ -267,7 +269,7 @@ async def _push_carried_args() -> tuple[str, ...]:
         args: list[str] = []
         for key in _PUSH_CARRIED_KEYS:
             try:
-                values = await _read_user_config("--global", key)
+                values = await read_user_config("--global", key)
             except (OSError, TimeoutError) as exc:
                 log.warning("git_user_config_unread", scope="--global", key=key, error=str(exc))
                 values = []

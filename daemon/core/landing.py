@@ -178,7 +178,7 @@ async def _user_identity(repo: _Repo) -> tuple[tuple[str, str], ...]:
             if value:
                 break
             with contextlib.suppress(OSError, TimeoutError):
-                values = await git._read_user_config(scope, f"user.{key}")
+                values = await git.read_user_config(scope, f"user.{key}")
                 value = values[-1].strip() if values else ""
         found[key] = _clean_env_value(value) or default
     extra: list[tuple[str, str]] = []
@@ -473,6 +473,15 @@ async def _land(repo: _Repo, source: Repository, request: MergeRequest, plan: _P
             }))  # fmt: skip
         committed = plan.head
         bound.info("merge_uncommitted_committed", commit=committed)
+        if plan.located is not None:
+            # The worktree's index still holds the old commit's tree, so git status there
+            # would show the committed work as staged to be undone. Reset the index (never
+            # the files) to the new commit; the files already are what it holds. The index
+            # is written, never read, by the daemon.
+            code, _, err = await git.run(("read-tree", committed), plan.located.work_tree or "/",
+                                         repo.timeout, plan.located)  # fmt: skip
+            if code != 0:
+                bound.warning("merge_index_not_reset", error=git.trim(err))
 
     backup = await _write_backup(repo, target, old)
     new = await _make_commit(repo, source, request, result, plan.head, identity)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ ui_problems = ui_helpers.ui_problems
 ui_page = ui_helpers.ui_page
 pytestmark = [pytest.mark.browser]
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_PY = 'def greet(name: str) -> str:\n    return f"hello {name}"\n\n\nCOUNT = 42\n'
 MINUS = "\u2212"  # the page writes deletions with a minus sign, as typeset
 STATUS = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "C": "copied"}
@@ -429,17 +427,14 @@ async def test_changes_tab_review_merge_comment(
     await expect(verdict.locator(".keeps")).to_contain_text(world.branch)
     await expect(merge).to_be_enabled()
     assert world.calls("POST", "/merge")[-1]["dry_run"] is True
-    # The screenshot for the README: tall enough for files, diff and verdict at once.
+    # The screenshot for the README (copied to docs/screenshots/ by hand when the tab
+    # changes; a test never writes into the checkout): files, diff and verdict at once.
     await ui_page.set_viewport_size({"width": 1280, "height": 1100})
     await tab.evaluate("(panel) => { panel.scrollTop = 0; }")
     await app.click()
     await expect(diff.locator(".hljs-keyword").first).to_be_visible()
     await shot(ui_page, "changes")
     await ui_page.set_viewport_size(ui_helpers.DESKTOP)  # type: ignore[arg-type]
-    (ROOT / "docs" / "screenshots").mkdir(exist_ok=True)
-    shutil.copyfile(
-        ui_helpers.SCREENSHOTS / "changes.png", ROOT / "docs" / "screenshots" / "changes.png"
-    )
     # The branch moves (session_changes): the verdict no longer stands.
     await ui_server.app[HUB].publish(
         "session_changes",

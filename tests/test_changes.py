@@ -164,7 +164,8 @@ async def test_bad_paths_and_queries(client: Any, git_repo: Path) -> None:
     session = await session_on(client, git_repo)
     sid = session["id"]
     (Path(session["worktree_path"]) / "real.txt").write_text("x\n")
-    for path in ("../../etc/passwd", "/etc/passwd", "README.md", "nope.txt", "real.txt/.."):
+    for path in ("../../etc/passwd", "/etc/passwd", "README.md", "nope.txt", "real.txt/..",
+                 "x" * 513):  # fmt: skip
         body = await get_json(client, f"/api/sessions/{sid}/diff?path={path}", status=400)
         assert body["error"]["code"] == "INVALID_REQUEST"
     for query in ("include=some", "limit=0", "limit=5001", "offset=-1", "format=zip", "what=1",

@@ -34,20 +34,26 @@ T = TypeVar("T")
 class DiffQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include: Include = "all"
-    repository: str | None = Field(None, min_length=1, description="A mount name; default all.")
+    repository: str | None = Field(
+        None, min_length=1, max_length=64, description="A mount name; default all."
+    )
     offset: int = Field(0, ge=0)
     limit: int | None = Field(
         None, ge=1, le=MAX_LIMIT, description="Files per page; default changes.max_files_per_page."
     )
+    # Bounded so that the request line stays under the server's 8 KiB even when every
+    # character is a 4-byte one, percent-encoded.
     path: str | None = Field(
-        None, min_length=1, max_length=4096, description="One changed file: its unified patch."
+        None, min_length=1, max_length=512, description="One changed file: its unified patch."
     )
     format: Literal["json", "patch"] = Field("json", description="patch: the whole as text/x-diff.")
 
 
 class CommitsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    repository: str | None = Field(None, min_length=1, description="A mount name; default all.")
+    repository: str | None = Field(
+        None, min_length=1, max_length=64, description="A mount name; default all."
+    )
 
 
 def _repositories(record: SessionRecord, mount: str | None) -> list[Repository]:

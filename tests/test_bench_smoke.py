@@ -45,6 +45,7 @@ EXPECTED = {
     "events_fanout.py": {"latency_p99_1000eps", "gaps_1000eps", "max_delivered_rate"},
     "events_replay.py": {"replay_10k"},
     "diff.py": {"diff_first_page", "changes_event_latency"},
+    "changes_paint.py": {"changes_first_paint"},  # needs /usr/bin/chromium
     "local_loop_lag.py": {"flood_read_tick_lateness_worst", "input_write_tick_lateness_worst"},
     "first_run.py": {"clone_to_answering", "image_build"},
     "gateway.py": {"ttft_p50", "ttft_p99", "stream_throughput", "cpu_50_streams"},

@@ -255,6 +255,39 @@ async def test_commits_with_bodies_and_files(client: Any, git_repo: Path) -> Non
     assert first["date"].endswith(("Z", "+00:00")) or "T" in first["date"]
 
 
+async def test_a_crafted_commit_message_hides_no_commit(client: Any, git_repo: Path) -> None:
+    """A commit object written by hand with a NUL and a record separator in its message
+    (the container can write objects and its branch) must not hide itself or later ones."""
+    session = await session_on(client, git_repo)
+    worktree = Path(session["worktree_path"])
+    (worktree / "one.txt").write_text("1\n")
+    git(worktree, "add", "one.txt")
+    git(worktree, "commit", "-q", "-m", "Honest")
+    tree = git(worktree, "rev-parse", "HEAD^{tree}")
+    parent = git(worktree, "rev-parse", "HEAD")
+    ident = "Mallory <m@example.invalid> 1700000000 +0000"
+    raw = (
+        f"tree {tree}\nparent {parent}\nauthor {ident}\ncommitter {ident}\n\n"
+        "Looks fine\0\x1e" + "0" * 40 + "\0fake\0\0\0\0\0\0\n"
+    ).encode()
+    crafted = subprocess.run(
+        ["git", "hash-object", "-t", "commit", "--literally", "-w", "--stdin"],
+        cwd=worktree, input=raw, capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    git(worktree, "update-ref", "HEAD", crafted)
+    git(worktree, "commit", "-q", "--allow-empty", "-m", "After")
+
+    answer = await get_json(client, f"/api/sessions/{session['id']}/commits")
+    listed = answer["repositories"][0]["commits"]
+    assert [c["hash"] for c in listed] == [
+        git(worktree, "rev-parse", "HEAD"),
+        crafted,
+        parent,
+    ]
+    assert listed[0]["subject"] == "After"
+    assert listed[2]["subject"] == "Honest"
+
+
 async def test_a_worktree_symlink_is_listed_never_followed(client: Any, git_repo: Path,
                                                            tmp_path: Path) -> None:  # fmt: skip
     secret = tmp_path / "secret.txt"

@@ -24,7 +24,7 @@ import stat
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from daemon.core import git, homefs
@@ -485,6 +485,18 @@ def _parse_log(out: str) -> list[Commit]:
     return found
 
 
+def _unreadable(sha: str, stamp: str) -> Commit:
+    """A commit whose message the log's format could not carry: shown, with what is sure."""
+    when = datetime.fromtimestamp(int(stamp) if stamp.isdigit() else 0, UTC)
+    return Commit(
+        hash=sha,
+        author_name="",
+        author_email="",
+        date=when,
+        subject="(this commit's message could not be read)",
+    )
+
+
 async def commits(repo: Repository, timeout: float) -> RepoCommits:
     """The branch's commits not on the base branch, newest first, at most MAX_COMMITS."""
     place = await _place(repo, timeout)
@@ -494,9 +506,19 @@ async def commits(repo: Repository, timeout: float) -> RepoCommits:
         f"--max-count={MAX_COMMITS + 1}", f"{merge_base}..{head}", "--",
         cwd=place.cwd, timeout=timeout, dirs=place.repo,
     )  # fmt: skip
-    found = _parse_log(out)
-    if out and not found:
-        raise GitError("the branch's commits could not be read (a malformed commit message?)")
+    # The list itself comes from rev-list (hashes and dates only, which no message can
+    # fake): a commit whose message breaks the log's format (a crafted object with a NUL)
+    # is still listed, never hidden from review.
+    listed = await git.run_git(
+        "log", "--no-patch", "--format=%H %at", f"--max-count={MAX_COMMITS + 1}",
+        f"{merge_base}..{head}", "--",
+        cwd=place.cwd, timeout=timeout, dirs=place.repo,
+    )  # fmt: skip
+    parsed = {commit.hash: commit for commit in _parse_log(out)}
+    found = []
+    for line in listed.splitlines():
+        sha, _, stamp = line.partition(" ")
+        found.append(parsed.get(sha) or _unreadable(sha, stamp))
     return RepoCommits(
         mount_name=repo.mount_name,
         branch=repo.branch_name,

@@ -19,6 +19,9 @@ const result = await esbuild.build({
   entryPoints: ["src/main.ts"],
   bundle: true,
   format: "esm",
+  // Chunks for what is imported lazily (the diff renderer), fetched when first needed.
+  splitting: true,
+  chunkNames: "[name]-[hash]",
   target: "es2022",
   minify: true,
   sourcemap: "linked",

@@ -11,8 +11,19 @@
 
 import "diff2html/bundles/css/diff2html.min.css";
 
-import { ColorSchemeType } from "diff2html/lib-esm/types";
-import { Diff2HtmlUI } from "diff2html/lib-esm/ui/js/diff2html-ui-slim";
+import type { ColorSchemeType } from "diff2html/lib-esm/types";
+
+type Renderer = typeof import("diff2html/lib-esm/ui/js/diff2html-ui-slim");
+let renderer: Promise<Renderer> | null = null;
+
+/**
+ * diff2html and highlight.js, most of the bundle, load when the first diff is drawn (a
+ * chunk of their own): the page and the tab's file list paint without waiting for them.
+ */
+function loadRenderer(): Promise<Renderer> {
+  renderer ??= import("diff2html/lib-esm/ui/js/diff2html-ui-slim");
+  return renderer;
+}
 
 import { api, ApiError } from "./api";
 import { h, replace } from "./dom";
@@ -284,10 +295,10 @@ export class DiffViewer {
     }
     if (request !== this.request) return;
     this.patch = patch;
-    this.draw();
+    await this.draw();
   }
 
-  private draw(): void {
+  private async draw(): Promise<void> {
     const patch = this.patch;
     this.picked = [];
     this.anchorRow = null;
@@ -307,13 +318,25 @@ export class DiffViewer {
       replace(this.body, h("p", { class: "muted diff-empty" }, "No textual change to show."));
       return;
     }
+    const mode = this.mode;
+    let loaded: Renderer;
+    try {
+      loaded = await loadRenderer();
+    } catch (error) {
+      renderer = null; // a failed load (the daemon restarting) is tried again next time
+      replace(this.body, h("p", { class: "muted diff-empty" }, "The diff viewer could not be loaded."));
+      this.report(error, "Loading the diff viewer");
+      return;
+    }
+    // Another file or layout was asked for while the viewer loaded: that one draws.
+    if (patch !== this.patch || mode !== this.mode) return;
     const host = h("div", { class: "diff-render" });
     replace(this.body, host);
-    const ui = new Diff2HtmlUI(host, patch, {
-      outputFormat: this.mode,
+    const ui = new loaded.Diff2HtmlUI(host, patch, {
+      outputFormat: mode,
       drawFileList: false,
       matching: "lines",
-      colorScheme: ColorSchemeType.AUTO,
+      colorScheme: "auto" as ColorSchemeType,
       highlight: true,
       fileListToggle: false,
       fileContentToggle: false,
@@ -337,7 +360,7 @@ export class DiffViewer {
     localStorage.setItem(MODE_KEY, mode);
     this.renderModes();
     this.closeComment();
-    this.draw();
+    void this.draw();
   }
 
   private renderModes(): void {

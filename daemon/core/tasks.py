@@ -35,6 +35,16 @@ SHUTDOWN_ORDER: tuple[tuple[str, bool], ...] = (
 )
 
 
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel each task (None: none was started) and wait until each has ended; what it
+    raised was logged by its done callback, so it is not raised again here."""
+    started = [task for task in tasks if task is not None]
+    for task in started:
+        task.cancel()
+    if started:
+        await asyncio.gather(*started, return_exceptions=True)
+
+
 class TaskSupervisor:
     def __init__(self) -> None:
         self._groups: dict[str, set[asyncio.Task[Any]]] = {}
@@ -65,11 +75,7 @@ class TaskSupervisor:
 
     async def cancel(self, group: str) -> None:
         """Cancel the group's tasks and wait until each has ended."""
-        tasks = self.running(group)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self.running(group))
 
     async def close(self, timeout: float, group: str = SESSIONS) -> None:  # noqa: ASYNC109 - a grace period
         """Give the group ``timeout`` seconds to finish, then cancel what is left."""

@@ -35,7 +35,7 @@ from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.models import AgentState, SessionStatus
 from daemon.core.session import SessionRecord
 from daemon.core.store import Store
-from daemon.core.tasks import WATCH, TaskSupervisor
+from daemon.core.tasks import WATCH, TaskSupervisor, cancel_and_wait
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -127,9 +127,7 @@ class AgentWatcher:
         self._task = self.tasks.spawn(self._run(), name="agent-watch", group=WATCH)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -33,7 +33,7 @@ from daemon.core.gitdirs import locate_worktree
 from daemon.core.hub import Event, EventHub
 from daemon.core.models import Repository, SessionStatus
 from daemon.core.session import SessionRecord
-from daemon.core.tasks import WATCH, TaskSupervisor
+from daemon.core.tasks import WATCH, TaskSupervisor, cancel_and_wait
 from daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -108,9 +108,7 @@ class ChangesWatcher:
     async def close(self) -> None:
         if self._unlisten is not None:
             self._unlisten()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     def _heard(self, event: Event) -> None:
         # A listener of the hub: never blocks, only marks the session.

@@ -39,7 +39,7 @@ from daemon.core.hub import EventHub
 from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.session import SessionRecord
 from daemon.core.store import Store
-from daemon.core.tasks import WATCH, TaskSupervisor
+from daemon.core.tasks import WATCH, TaskSupervisor, cancel_and_wait
 from daemon.credentials.service import Credentials
 from daemon.settings import Settings
 from daemon.supervise import metadata
@@ -85,9 +85,7 @@ class PullRequestWatcher:
         self._task = self.tasks.spawn(self._run(), name="pull-request-refresh", group=WATCH)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

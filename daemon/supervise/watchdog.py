@@ -27,7 +27,7 @@ from daemon.core.hub import Event, EventHub
 from daemon.core.manager import CHAT_EVENT_TYPES
 from daemon.core.models import AgentState, SessionStatus
 from daemon.core.session import SessionRecord, utcnow
-from daemon.core.tasks import SUPERVISE, TaskSupervisor
+from daemon.core.tasks import SUPERVISE, TaskSupervisor, cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -83,9 +83,7 @@ class StallWatchdog:
     async def close(self) -> None:
         if self._unlisten is not None:
             self._unlisten()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     def _on_event(self, event: Event) -> None:
         if event["type"] in CHAT_EVENT_TYPES:  # a transcript line became an event

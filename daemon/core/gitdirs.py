@@ -16,15 +16,23 @@ from pathlib import Path, PurePosixPath
 
 from daemon.core.git import GitDirs, GitError
 
-__all__ = ["admin_dir_of", "common_dir_of", "is_inside", "locate_worktree", "read_small_file"]
+__all__ = [
+    "admin_dir_of",
+    "common_dir_of",
+    "is_inside",
+    "locate_worktree",
+    "read_bounded",
+    "read_small_file",
+]
 
 # Bounds for the small files read to find a worktree's git directories.
 _SMALL_FILE_LIMIT = 4096
 
 
-def read_small_file(path: str) -> str | None:
-    """The text of a small regular file; None for anything else. Never follows a symlink
-    and never blocks on a FIFO."""
+def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes | None:
+    """The bytes of a regular file of at most ``limit`` bytes; None for anything else (a
+    larger file, a symlink, a FIFO, a read error). Never follows a symlink and never blocks
+    on a FIFO."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -32,14 +40,18 @@ def read_small_file(path: str) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        data = os.read(fd, _SMALL_FILE_LIMIT + 1)
+        data = os.read(fd, limit + 1)
     except OSError:
         return None
     finally:
         os.close(fd)
-    if len(data) > _SMALL_FILE_LIMIT:
-        return None
-    return data.decode("utf-8", "surrogateescape")
+    return data if len(data) <= limit else None
+
+
+def read_small_file(path: str) -> str | None:
+    """The text of a small regular file; None for anything else (see :func:`read_bounded`)."""
+    data = read_bounded(path, _SMALL_FILE_LIMIT)
+    return None if data is None else data.decode("utf-8", "surrogateescape")
 
 
 def common_dir_of(repo_root: str) -> str:

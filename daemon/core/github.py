@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 from daemon.core import git, push
 from daemon.core.changes_models import Checks, PullRequest, PullRequestRequest, PushRequest
 from daemon.core.errors import BackendFailed, BackendUnavailableError, Conflict, InvalidRequest
+from daemon.core.gitdirs import read_bounded
 from daemon.core.session import SessionRecord
 from daemon.settings import Settings
 
@@ -390,20 +390,6 @@ class _Stored(BaseModel):
     by_mount: dict[str, StoredPullRequest] = {}
 
 
-def _read_bounded(path: Path) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.read(fd, MAX_STORE_BYTES + 1)
-    finally:
-        os.close(fd)
-    return data if len(data) <= MAX_STORE_BYTES else None
-
-
 class PullRequestStore:
     """Each session's pull requests, a JSON file a session under ``<data_dir>/pull-requests``."""
 
@@ -421,7 +407,7 @@ class PullRequestStore:
         return self._locks.setdefault(session_id, asyncio.Lock())
 
     async def load(self, session_id: str) -> dict[str, StoredPullRequest]:
-        raw = await asyncio.to_thread(_read_bounded, self._path(session_id))
+        raw = await asyncio.to_thread(read_bounded, self._path(session_id), MAX_STORE_BYTES)
         if raw is None:
             return {}
         try:

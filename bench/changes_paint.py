@@ -5,7 +5,7 @@ whose base has 1,000 files of 50 lines (bench/diff.py's): one whose branch rewri
 line of every file in one commit (a 1,000-file, 50,000-line change), and one with no work.
 
 * ``changes_first_paint``: Debian's Chromium (``/usr/bin/chromium`` through playwright,
-  tests/ui_helpers.py's flags), a fresh browser context each run (nothing cached), goes to
+  bench/_chromium.py's flags), a fresh browser context each run (nothing cached), goes to
   ``http://localhost:<port>/#/s/<id>/changes``. Measured in the page: from the navigation's
   start (``performance.timeOrigin``) to the first frame after the file list holds the first
   page of rows, which is what the tab shows (the daemon's page of ``[changes]
@@ -30,22 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _chromium import CHROMIUM, CHROMIUM_ARGS
 from _common import ROOT, bench_daemon, busybox_image, emit, log, median, metric, setup
 from diff import LINES, create_local, rewrite, seed_base
 from playwright.async_api import Browser, async_playwright
 
 FILES = 1000
-CHROMIUM = Path(os.environ.get("CORRALTEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
 # Runs before any of the page's own scripts: note when the list is painted, and long tasks.
 WATCH = """((want) => {
   window.__bench = { painted: null, longest: 0 };

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,23 +19,13 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from bench._chromium import CHROMIUM, CHROMIUM_ARGS
 from daemon.app import create_app
 from daemon.keys import TASKS
 from daemon.settings import Settings
 from tests.conftest import sweep_containers
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path(os.environ.get("CORRALTEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
 # Chromium's virtual authenticator (CDP WebAuthn.addVirtualAuthenticator), TESTING.md.
 AUTHENTICATOR = {
     "protocol": "ctap2",

@@ -74,6 +74,19 @@ class World:
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, session: dict[str, Any], repo: Path) -> World:
+        """The world of a session (as the API returned it) on ``repo``, its first mount."""
+        primary = session["repositories"][0]
+        return cls(
+            sid=session["id"],
+            repo=repo,
+            worktree=Path(primary["worktree_path"]),
+            branch=primary["branch_name"],
+            base=primary["base_branch"],
+            mount=primary["mount_name"],
+        )
+
     def calls(self, method: str, suffix: str) -> list[Any]:
         return [body for m, path, body in self.requests if m == method and path.endswith(suffix)]
 
@@ -298,15 +311,7 @@ def _unquote(value: str) -> str:
 
 async def make_world(server: UiServer, repo: Path) -> World:
     session = await create_running(server.client, repo, backend="local")
-    primary = session["repositories"][0]
-    world = World(
-        sid=session["id"],
-        repo=repo,
-        worktree=Path(primary["worktree_path"]),
-        branch=primary["branch_name"],
-        base=primary["base_branch"],
-        mount=primary["mount_name"],
-    )
+    world = World.of(session, repo)
     # The agent's work, really on the session's branch.
     (world.worktree / "app.py").write_text(APP_PY)
     (world.worktree / "README.md").write_text("hello\nworld\n")
@@ -507,15 +512,7 @@ async def test_changes_tab_empty_and_errors_stay_in_the_tab(
     ui_page: Page, ui_server: UiServer, git_repo: Path, ui_problems: PageProblems
 ) -> None:
     session = await create_running(ui_server.client, git_repo, backend="local")
-    primary = session["repositories"][0]
-    world = World(
-        sid=session["id"],
-        repo=git_repo,
-        worktree=Path(primary["worktree_path"]),
-        branch=primary["branch_name"],
-        base=primary["base_branch"],
-        mount=primary["mount_name"],
-    )
+    world = World.of(session, git_repo)
     await mock_routes(ui_page, ui_server, world)
     # No remote to push to: the error stays in the tab, with the daemon's code.
     if not await served(ui_server, "POST", "/push"):

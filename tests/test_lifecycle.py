@@ -291,6 +291,32 @@ async def test_concurrent_action_is_refused(client: Any, git_repo: Path) -> None
     assert statuses == [200, 409], statuses
 
 
+async def test_an_action_started_as_creation_ends_keeps_its_hold(
+    client: Any, git_repo: Path
+) -> None:
+    """The moment a new session shows as running a client may act on it; the create's own
+    ending must not free the session under that action (two recreates then made the same
+    container: 500 instead of 409)."""
+    from daemon.keys import MANAGER
+
+    manager = client.app[MANAGER]
+    original = manager.lifecycle.mark_running
+    held: list[str] = []
+
+    async def running_then_acted_on(record: Any) -> None:
+        await original(record)
+        manager._busy.add(record.id)  # what an action the client started at once holds
+        held.append(record.id)
+
+    manager.lifecycle.mark_running = running_then_acted_on
+    session = await create_running(client, git_repo)
+    assert held == [session["id"]]
+    assert session["id"] in manager._busy  # still the action's, not freed by the create
+    refused = await client.post(f"/api/sessions/{session['id']}/recreate")
+    assert refused.status == 409, await refused.text()
+    manager._busy.discard(session["id"])
+
+
 async def test_progress_is_published_in_order(client: Any, git_repo: Path) -> None:
     from daemon.keys import HUB
 

@@ -324,14 +324,17 @@ class SessionManager:
             await self.lifecycle.undo_create(record, made_worktrees)
             self._busy.discard(record.id)
             await self._fail(record, op_id, error.message)
+        except BaseException:  # cancelled (shutdown): the session is not held for ever
+            self._busy.discard(record.id)
+            raise
         else:
             # Free the session before it shows as running, so a client that sees
-            # "running" can act on it at once.
+            # "running" can act on it at once. Never again after that: by then an action
+            # the client started holds the session, and freeing it here would let a second
+            # one in beside it (two recreates making the same container).
             self._busy.discard(record.id)
             await self.lifecycle.mark_running(record)
             log_.info("session_created", name=record.name)
-        finally:
-            self._busy.discard(record.id)
 
     async def _fail(self, record: SessionRecord, op_id: int | None, message: str) -> None:
         record.status = SessionStatus.FAILED

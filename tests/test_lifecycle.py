@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,12 @@ async def test_progress_is_published_in_order(client: Any, git_repo: Path) -> No
     events: list[dict[str, Any]] = []
     unlisten = hub.listen(events.append)
     session = await create_running(client, git_repo)
+    # GET shows "running" as soon as it is stored; its event follows an instant later.
+    async with asyncio.timeout(10):
+        while not any(
+            e["type"] == "session_status" and e["session_id"] == session["id"] for e in events
+        ):
+            await asyncio.sleep(0.01)
     unlisten()
     mine = [e for e in events if e["session_id"] == session["id"]]
     kinds = [e["type"] for e in mine]

@@ -483,7 +483,7 @@ async def open_pull_request(
     """Push when needed, then open the PR; ``(pull request, created)``. When one already
     exists for the branch it is returned with ``created`` False."""
     timeout = settings.sessions.git_timeout
-    repo = push.repository_of(record, request.repository)
+    repo = record.repository(request.repository)
     remote = push.valid_remote(request.remote)
     bound = log.bind(session_id=record.id, mount_name=repo.mount_name, remote=remote)
     if request.generate and (writer is None or not settings.metadata.ai_metadata):

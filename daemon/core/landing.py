@@ -38,7 +38,7 @@ from daemon.core.gitdirs import admin_dir_of, common_dir_of, locate_worktree
 from daemon.core.models import Repository
 from daemon.core.unsaved import uncommitted_files
 
-__all__ = ["MergeRefused", "ask_agent_message", "merge", "pick_repository"]
+__all__ = ["MergeRefused", "ask_agent_message", "merge"]
 
 log = structlog.get_logger(__name__)
 
@@ -76,19 +76,6 @@ class _Dirs(GitDirs):
         env = super().env()
         env.update(self.extra)
         return env
-
-
-def pick_repository(repositories: list[Repository], mount_name: str | None) -> Repository:
-    """The session's repository by mount name; the primary by default. Unknown: 400."""
-    if mount_name is None:
-        return next(r for r in repositories if r.is_primary)
-    for repo in repositories:
-        if repo.mount_name == mount_name:
-            return repo
-    raise InvalidRequest(
-        f"the session has no repository mounted as '{mount_name}'",
-        [{"field": "repository", "message": f"one of {[r.mount_name for r in repositories]}"}],
-    )
 
 
 def _clean_env_value(value: str) -> str:

@@ -43,7 +43,6 @@ __all__ = [
     "push",
     "remote_url",
     "repo_dirs",
-    "repository_of",
     "tracking_head",
     "valid_remote",
 ]
@@ -133,19 +132,6 @@ def valid_remote(name: str | None) -> str:
     return remote
 
 
-def repository_of(record: SessionRecord, mount_name: str | None) -> Repository:
-    """The session's repository by mount name; the primary one when none is given."""
-    if mount_name is None:
-        return record.primary
-    for repo in record.repositories:
-        if repo.mount_name == mount_name:
-            return repo
-    raise InvalidRequest(
-        f"session has no repository mounted as {mount_name!r}",
-        [{"field": "repository", "message": "unknown mount name"}],
-    )
-
-
 async def repo_dirs(repo: Repository) -> GitDirs:
     """The user's repository itself (never the session's worktree): refs, objects, config."""
     try:
@@ -193,7 +179,7 @@ async def tracking_head(dirs: GitDirs, remote: str, branch: str, timeout: float)
 
 async def push(record: SessionRecord, request: PushRequest, timeout: float) -> PushResult:
     """Push the session's branch of one repository; see the module's docstring."""
-    repo = repository_of(record, request.repository)
+    repo = record.repository(request.repository)
     remote = valid_remote(request.remote)
     bound = log.bind(session_id=record.id, mount_name=repo.mount_name, remote=remote)
     dirs = await repo_dirs(repo)

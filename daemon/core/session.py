@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import Field
 
+from daemon.core.errors import InvalidRequest
 from daemon.core.models import Repository, SessionFields
 
 __all__ = ["SessionRecord", "creation_time", "rfc3339", "utcnow"]
@@ -26,6 +27,24 @@ class SessionRecord(SessionFields):
     @property
     def primary(self) -> Repository:
         return next(r for r in self.repositories if r.is_primary)
+
+    def repository(self, mount_name: str | None) -> Repository:
+        """The repository mounted as ``mount_name``, the primary when None; a 400 naming
+        the session's mount names otherwise (the ``repository`` field of a request)."""
+        if mount_name is None:
+            return self.primary
+        for repo in self.repositories:
+            if repo.mount_name == mount_name:
+                return repo
+        raise InvalidRequest(
+            f"the session has no repository mounted as '{mount_name}'",
+            [
+                {
+                    "field": "repository",
+                    "message": f"one of {[r.mount_name for r in self.repositories]}",
+                }
+            ],
+        )
 
 
 def rfc3339(value: datetime | None) -> str | None:

@@ -57,20 +57,8 @@ class CommitsQuery(BaseModel):
 
 
 def _repositories(record: SessionRecord, mount: str | None) -> list[Repository]:
-    if mount is None:
-        return list(record.repositories)
-    chosen = [r for r in record.repositories if r.mount_name == mount]
-    if not chosen:
-        raise InvalidRequest(
-            f"the session has no repository mounted as '{mount}'",
-            [
-                {
-                    "field": "repository",
-                    "message": f"one of {[r.mount_name for r in record.repositories]}",
-                }
-            ],
-        )
-    return chosen
+    """Every repository of the session, or the one mounted as ``mount``."""
+    return list(record.repositories) if mount is None else [record.repository(mount)]
 
 
 async def _git(call: Awaitable[T], record: SessionRecord) -> T:

@@ -20,7 +20,7 @@ TAGS = ("changes",)
 
 
 async def _merge(manager: SessionManager, record: SessionRecord, body: MergeRequest) -> MergeResult:
-    source = landing.pick_repository(record.repositories, body.repository)
+    source = record.repository(body.repository)
     try:
         return await landing.merge(
             record.id, record.name, source, body, timeout=manager.settings.sessions.git_timeout

@@ -88,7 +88,7 @@ async def get_pull_request(request: web.Request) -> web.Response:
     app = request.app
     record = app[MANAGER].get(request.match_info["session_id"])
     query = read_query(request, PullRequestQuery)
-    repo = push.repository_of(record, query.repository)
+    repo = record.repository(query.repository)
     stored = (await app[PULL_REQUESTS].load(record.id)).get(repo.mount_name)
     if stored is None:
         raise NotFound(f"session {record.name} has no pull request for {repo.mount_name}")

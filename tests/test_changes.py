@@ -128,6 +128,30 @@ async def test_uncommitted_and_untracked_without_touching_the_session_index(
     assert git(worktree, "status", "--porcelain") == status_before
 
 
+async def test_the_session_index_cannot_hide_an_uncommitted_change(
+    client: Any, git_repo: Path
+) -> None:
+    """The session's index is the container's: flags or stat data planted there (here
+    assume-unchanged and skip-worktree, which make git skip a file) must not hide a change
+    from the review."""
+    session = await session_on(client, git_repo)
+    worktree = Path(session["worktree_path"])
+    tracked = sorted(git(worktree, "ls-files").split())
+    assert tracked, "the test repository has tracked files"
+    hidden = tracked[0]
+    (worktree / hidden).write_text("changed behind the index's back\n")
+    git(worktree, "update-index", "--assume-unchanged", hidden)
+    assert git(worktree, "status", "--porcelain") == ""  # git itself is fooled
+    for include in ("uncommitted", "all"):
+        files = files_of(
+            await get_json(client, f"/api/sessions/{session['id']}/diff?include={include}")
+        )
+        assert hidden in files, (include, files)
+    git(worktree, "update-index", "--no-assume-unchanged", "--skip-worktree", hidden)
+    files = files_of(await get_json(client, f"/api/sessions/{session['id']}/diff"))
+    assert hidden in files
+
+
 async def test_paging_and_the_patch_of_one_file(client: Any, git_repo: Path) -> None:
     session = await session_on(client, git_repo)
     sid = session["id"]

@@ -4,10 +4,10 @@ Everything read here is the container's: the worktree, the branch, the objects, 
 worktree's index. So every git call goes through ``daemon/core/git.py`` with explicit
 :class:`GitDirs`, diff-like calls carry ``--no-ext-diff --no-textconv --no-color``, paths
 come out ``-z``, files larger than ``big_file_bytes`` are never read whole (git counts them
-as binary), and the session's own index is never written: uncommitted work is read through
-a temporary index of the daemon's, a copy of the session's (for its stat data, so that only
-changed files are read) reset to the branch head, with untracked files added as
-intent-to-add (never hashed into the repository's objects).
+as binary), and the session's own index is never read or written: uncommitted work is read
+through a temporary index of the daemon's made from the branch head alone (the session's
+index could mark a changed file as unchanged), with untracked files added as intent-to-add
+(never hashed into the repository's objects).
 """
 
 # Every public call takes a per-call timeout on purpose (see daemon/core/git.py).
@@ -20,7 +20,6 @@ import contextlib
 import os
 import re
 import shutil
-import stat
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -52,9 +51,6 @@ __all__ = [
 ]
 
 MAX_COMMITS = 500
-# The session's index is copied for its stat data; one larger than this is not read (the
-# diff then reads every file of the worktree, which is slower, never wrong).
-_MAX_INDEX_BYTES = 256 * 1024 * 1024
 _DIFF_FLAGS = ("--no-ext-diff", "--no-textconv", "--no-color", "-M")
 _STATUS: dict[str, FileStatus] = {
     "A": "added",
@@ -212,33 +208,6 @@ async def heads(repo: Repository, timeout: float, dirs: GitDirs | None = None) -
 # --- the worktree through a temporary index -------------------------------------------
 
 
-def _copy_index(admin_dir: str, target: str) -> bool:
-    """Copy the worktree's index (container-written: read, never followed, bounded)."""
-    try:
-        fd = os.open(
-            Path(admin_dir) / "index",
-            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-        )
-    except OSError:
-        return False
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_INDEX_BYTES:
-            return False
-        with open(target, "wb") as out:
-            copied = 0
-            while chunk := os.read(fd, 1024 * 1024):
-                copied += len(chunk)
-                if copied > _MAX_INDEX_BYTES:
-                    return False
-                out.write(chunk)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 @contextlib.asynccontextmanager
 async def _worktree_index(
     worktree: GitDirs, head: str, timeout: float
@@ -248,16 +217,12 @@ async def _worktree_index(
     temp = await asyncio.to_thread(tempfile.mkdtemp, prefix="corral-diff-")
     try:
         index = str(Path(temp) / "index")
-        if not await asyncio.to_thread(_copy_index, worktree.git_dir, index):
-            await asyncio.to_thread(Path(index).unlink, True)
         dirs = _IndexedDirs(worktree.git_dir, worktree.common_dir, worktree.work_tree, index)
         cwd = worktree.work_tree
-        # -m keeps the copied index's stat data where the content matches the head.
-        code, _, _ = await git.run(("read-tree", "-m", head), cwd, timeout, dirs)
-        if code != 0:
-            # Not copied, or unmerged entries (a conflict under way): from the tree alone.
-            await asyncio.to_thread(Path(index).unlink, True)
-            await git.run_git("read-tree", head, cwd=cwd, timeout=timeout, dirs=dirs)
+        # From the tree alone, never from the session's index: that is the container's,
+        # and its flags (assume-unchanged, skip-worktree) or planted stat data would make
+        # git skip a changed file, hiding it from review. Every file is compared by content.
+        await git.run_git("read-tree", head, cwd=cwd, timeout=timeout, dirs=dirs)
         # Untracked files (not ignored) count as added; intent-to-add hashes nothing.
         await git.run_git(
             "add", "--intent-to-add", "--all", "--", ".", cwd=cwd, timeout=timeout, dirs=dirs
